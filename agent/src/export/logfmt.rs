@@ -1,0 +1,313 @@
+//! gmon's stdout format: one logfmt line per created goroutine, exactly as
+//! Go's slog text handler writes it, e.g.
+//! `time=2024-03-20T05:10:57.752Z level=INFO msg="goroutine is created" goroutine_id=22 stack.0=runtime.newproc1 ...`
+//! (stack.0 is the innermost frame). Exits are logged at DEBUG.
+
+use crate::model::{Goroutine, Sink};
+use std::{fmt::Write as _, io::Write, str::FromStr};
+use time::{OffsetDateTime, UtcOffset};
+
+/// slog's levels, in increasing severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl FromStr for Level {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "DEBUG" => Ok(Level::Debug),
+            "INFO" => Ok(Level::Info),
+            "WARN" => Ok(Level::Warn),
+            "ERROR" => Ok(Level::Error),
+            _ => Err(format!(
+                "log level {s:?} is not one of DEBUG, INFO, WARN, ERROR"
+            )),
+        }
+    }
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        }
+    }
+}
+
+/// Converts kernel monotonic timestamps to wall-clock times.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// realtime - monotonic, in ns.
+    offset_ns: i128,
+    tz: UtcOffset,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Clock {
+    /// Call before starting threads: the local offset is only read safely
+    /// while the process is single-threaded.
+    pub fn new() -> Self {
+        Clock {
+            offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            tz: UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC),
+        }
+    }
+
+    pub fn utc() -> Self {
+        Clock {
+            offset_ns: 0,
+            tz: UtcOffset::UTC,
+        }
+    }
+
+    fn wall(&self, ktime_ns: u64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(ktime_ns as i128 + self.offset_ns)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            .to_offset(self.tz)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// Writes a time as slog does: RFC 3339 with milliseconds.
+fn write_time(out: &mut String, t: OffsetDateTime) {
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    );
+    let off = t.offset();
+    if off.is_utc() {
+        out.push('Z');
+    } else {
+        let (h, m, _) = off.as_hms();
+        let sign = if off.is_negative() { '-' } else { '+' };
+        let _ = write!(out, "{sign}{:02}:{:02}", h.abs(), m.abs());
+    }
+}
+
+/// slog quotes a value that is empty or has a space, '=', '"' or a
+/// non-printable character.
+fn needs_quoting(s: &str) -> bool {
+    s.is_empty()
+        || s.chars()
+            .any(|c| c == ' ' || c == '=' || c == '"' || c.is_control() || c == '\u{fffd}')
+}
+
+/// Appends `s` as slog writes a string value (Go strconv.Quote rules).
+pub fn write_value(out: &mut String, s: &str) {
+    if !needs_quoting(s) {
+        out.push_str(s);
+        return;
+    }
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The gmon-compatible log sink.
+pub struct GmonLog<W: Write> {
+    out: W,
+    level: Level,
+    clock: Clock,
+    line: String,
+    /// Lines that could not be written (e.g. stdout closed); exported.
+    pub write_errors: u64,
+}
+
+impl<W: Write> GmonLog<W> {
+    pub fn new(out: W, level: Level, clock: Clock) -> Self {
+        GmonLog {
+            out,
+            level,
+            clock,
+            line: String::with_capacity(512),
+            write_errors: 0,
+        }
+    }
+
+    fn start(&mut self, ktime_ns: u64, level: Level, msg: &str) {
+        self.line.clear();
+        self.line.push_str("time=");
+        write_time(&mut self.line, self.clock.wall(ktime_ns));
+        self.line.push_str(" level=");
+        self.line.push_str(level.as_str());
+        self.line.push_str(" msg=");
+        write_value(&mut self.line, msg);
+    }
+
+    fn finish(&mut self) {
+        self.line.push('\n');
+        if self.out.write_all(self.line.as_bytes()).is_err() {
+            self.write_errors += 1;
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.out.flush().is_err() {
+            self.write_errors += 1;
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.out
+    }
+}
+
+impl<W: Write> Sink for GmonLog<W> {
+    fn created(&mut self, g: &Goroutine) {
+        if self.level > Level::Info {
+            return;
+        }
+        self.start(g.created_ns, Level::Info, "goroutine is created");
+        let _ = write!(self.line, " goroutine_id={}", g.goid);
+        for (i, f) in g.site.stack.iter().enumerate() {
+            let _ = write!(self.line, " stack.{i}=");
+            write_value(&mut self.line, &f.function);
+        }
+        self.finish();
+    }
+
+    fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
+        if self.level > Level::Debug {
+            return;
+        }
+        self.start(exited_ns, Level::Debug, "goroutine is exited");
+        let uptime = exited_ns.saturating_sub(g.created_ns) as f64 / 1e9;
+        let _ = write!(
+            self.line,
+            " goroutine_id={} pid={} uptime={uptime}",
+            g.goid, g.pid
+        );
+        for (key, f) in [("created_by", &g.site.creator), ("start", &g.site.start)] {
+            if let Some(f) = f {
+                let _ = write!(self.line, " {key}=");
+                write_value(&mut self.line, &f.function);
+            }
+        }
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{gobin::Frame, model::Site};
+    use std::sync::Arc;
+
+    fn frame(f: &str) -> Frame {
+        Frame {
+            function: f.into(),
+            file: None,
+            line: None,
+        }
+    }
+
+    fn goroutine() -> Goroutine {
+        Goroutine {
+            pid: 7,
+            goid: 22,
+            parent_goid: 1,
+            // 2024-03-20T05:10:57.752Z
+            created_ns: 1_710_911_457_752_000_000,
+            site: Arc::new(Site {
+                id: 1,
+                stack: vec![
+                    frame("runtime.newproc1"),
+                    frame("net/http.(*Server).Serve"),
+                    frame("runtime.goexit"),
+                ],
+                creator: Some(frame("net/http.(*Server).Serve")),
+                start: Some(frame("net/http.(*conn).serve")),
+            }),
+        }
+    }
+
+    #[test]
+    fn creation_line_matches_gmon() {
+        let mut log = GmonLog::new(Vec::new(), Level::Info, Clock::utc());
+        log.created(&goroutine());
+        log.exited(&goroutine(), 1_710_911_458_752_000_000);
+        assert_eq!(
+            String::from_utf8(log.into_inner()).unwrap(),
+            "time=2024-03-20T05:10:57.752Z level=INFO msg=\"goroutine is created\" goroutine_id=22 \
+             stack.0=runtime.newproc1 stack.1=net/http.(*Server).Serve stack.2=runtime.goexit\n"
+        );
+    }
+
+    #[test]
+    fn exit_line_only_at_debug() {
+        let mut log = GmonLog::new(Vec::new(), Level::Debug, Clock::utc());
+        log.exited(&goroutine(), 1_710_911_458_752_000_000);
+        let s = String::from_utf8(log.into_inner()).unwrap();
+        assert_eq!(
+            s,
+            "time=2024-03-20T05:10:58.752Z level=DEBUG msg=\"goroutine is exited\" goroutine_id=22 pid=7 \
+             uptime=1 created_by=net/http.(*Server).Serve start=net/http.(*conn).serve\n"
+        );
+        let mut quiet = GmonLog::new(Vec::new(), Level::Warn, Clock::utc());
+        quiet.created(&goroutine());
+        assert!(quiet.into_inner().is_empty());
+    }
+
+    #[test]
+    fn quoting_follows_slog() {
+        let q = |s| {
+            let mut o = String::new();
+            write_value(&mut o, s);
+            o
+        };
+        assert_eq!(q("main.main.gowrap1"), "main.main.gowrap1");
+        assert_eq!(q("net/http.(*conn).serve"), "net/http.(*conn).serve");
+        assert_eq!(q(""), "\"\"");
+        assert_eq!(q("a b"), "\"a b\"");
+        assert_eq!(q("k=v"), "\"k=v\"");
+        assert_eq!(q("say \"hi\"\n"), "\"say \\\"hi\\\"\\n\"");
+    }
+
+    #[test]
+    fn levels_parse_case_insensitively() {
+        assert_eq!("debug".parse::<Level>(), Ok(Level::Debug));
+        assert_eq!("WARN".parse::<Level>(), Ok(Level::Warn));
+        assert!("loud".parse::<Level>().is_err());
+    }
+}

@@ -1,0 +1,22 @@
+//! Exporters: gmon-compatible stdout log lines and the Prometheus endpoint.
+
+pub mod logfmt;
+pub mod prometheus;
+
+use crate::model::{Goroutine, Sink};
+
+/// Sends every update to each sink in turn.
+pub struct Fanout<'a>(pub Vec<&'a mut dyn Sink>);
+
+impl Sink for Fanout<'_> {
+    fn created(&mut self, g: &Goroutine) {
+        for s in self.0.iter_mut() {
+            s.created(g);
+        }
+    }
+    fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
+        for s in self.0.iter_mut() {
+            s.exited(g, exited_ns);
+        }
+    }
+}

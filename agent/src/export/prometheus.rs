@@ -1,0 +1,421 @@
+//! The Prometheus endpoint: gmon's three families with gmon's names, types,
+//! help texts, labels and buckets, plus the agent's own health metrics.
+//!
+//! Unlike gmon, gmon_goroutine_uptime is observed exactly once per
+//! goroutine, when it exits (gmon re-observed every live goroutine every
+//! 500 ms, counting long-lived ones many times).
+
+use crate::model::{Goroutine, STACK_LABELS, Sink, Stats, stack_labels};
+use agent_common::counter;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+/// gmon's uptime buckets, in seconds.
+pub const GMON_BUCKETS: [f64; 8] = [1.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot listen on {0} for /metrics: {1}; pick another port with --metrics, or 0 to turn the endpoint off"
+    )]
+    Bind(SocketAddr, std::io::Error),
+    #[error("metrics registry: {0}")]
+    Registry(#[from] prometheus::Error),
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    pub registry: Registry,
+    creation: IntCounterVec,
+    exit: IntCounterVec,
+    uptime: HistogramVec,
+    events_received: IntCounterVec,
+    kernel_events: IntCounterVec,
+    events_lost: IntCounterVec,
+    stack_failures: IntCounterVec,
+    untracked_exits: IntCounter,
+    duplicate_creates: IntCounter,
+    unresolved_pcs: IntCounter,
+    dropped_with_process: IntCounter,
+    bias_failures: IntCounter,
+    log_write_errors: IntCounter,
+    pub goroutines_tracked: IntGauge,
+    pub processes_tracked: IntGauge,
+    pub uprobes_attached: IntGauge,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Arc<Self>, Error> {
+        let r = Registry::new();
+        // Help texts are gmon's, typo included, so diffs of /metrics stay quiet.
+        let creation = counter_vec(
+            &r,
+            "gmon_goroutine_creation",
+            "The number of goroutines that have been creaated",
+            &STACK_LABELS,
+        )?;
+        let exit = counter_vec(
+            &r,
+            "gmon_goroutine_exit",
+            "The number of goroutines that have been exited",
+            &STACK_LABELS,
+        )?;
+        let uptime = HistogramVec::new(
+            HistogramOpts::new("gmon_goroutine_uptime", "Uptime of goroutines in seconds")
+                .buckets(GMON_BUCKETS.to_vec()),
+            &STACK_LABELS,
+        )?;
+        r.register(Box::new(uptime.clone()))?;
+        let m = Metrics {
+            creation,
+            exit,
+            uptime,
+            events_received: counter_vec(
+                &r,
+                "gmon_agent_events_received_total",
+                "Goroutine events read from the kernel ring buffer, by kind",
+                &["kind"],
+            )?,
+            kernel_events: counter_vec(
+                &r,
+                "gmon_agent_kernel_events_sent_total",
+                "Goroutine events the kernel probes wrote to the ring buffer, by kind",
+                &["kind"],
+            )?,
+            events_lost: counter_vec(
+                &r,
+                "gmon_agent_events_lost_total",
+                "Goroutine events lost, by reason (ringbuf_full, read_g_failed: kernel; malformed: user space)",
+                &["reason"],
+            )?,
+            stack_failures: counter_vec(
+                &r,
+                "gmon_agent_stack_failures_total",
+                "Creation stacks missing, by reason (kernel: bpf_get_stackid failed; read: stack map lookup failed)",
+                &["reason"],
+            )?,
+            untracked_exits: counter(
+                &r,
+                "gmon_agent_untracked_exits_total",
+                "Exits of goroutines created before the agent attached",
+            )?,
+            duplicate_creates: counter(
+                &r,
+                "gmon_agent_duplicate_creates_total",
+                "Creations of a goroutine id that was already live in the same process",
+            )?,
+            unresolved_pcs: counter(
+                &r,
+                "gmon_agent_unresolved_pcs_total",
+                "Program counters that could not be symbolized",
+            )?,
+            dropped_with_process: counter(
+                &r,
+                "gmon_agent_goroutines_dropped_with_process_total",
+                "Tracked goroutines forgotten because their process exited",
+            )?,
+            bias_failures: counter(
+                &r,
+                "gmon_agent_load_bias_failures_total",
+                "Processes whose load address could not be read (their PCs stay unresolved)",
+            )?,
+            log_write_errors: counter(
+                &r,
+                "gmon_agent_log_write_errors_total",
+                "Log lines that could not be written to stdout",
+            )?,
+            goroutines_tracked: gauge(
+                &r,
+                "gmon_agent_goroutines_tracked",
+                "Goroutines currently tracked",
+            )?,
+            processes_tracked: gauge(
+                &r,
+                "gmon_agent_processes_tracked",
+                "Processes currently tracked",
+            )?,
+            uprobes_attached: gauge(
+                &r,
+                "gmon_agent_uprobes_attached",
+                "Uprobes currently attached",
+            )?,
+            registry: r,
+        };
+        Ok(Arc::new(m))
+    }
+
+    pub fn received(&self, create: bool) {
+        self.events_received
+            .with_label_values(&[if create { "create" } else { "exit" }])
+            .inc();
+    }
+
+    pub fn malformed(&self, n: u64) {
+        self.events_lost.with_label_values(&["malformed"]).inc_by(n);
+    }
+
+    /// Adds the kernel counters' increase since the last call.
+    pub fn add_kernel(&self, d: &[u64; counter::COUNT as usize]) {
+        self.kernel_events
+            .with_label_values(&["create"])
+            .inc_by(d[counter::CREATE_SENT as usize]);
+        self.kernel_events
+            .with_label_values(&["exit"])
+            .inc_by(d[counter::EXIT_SENT as usize]);
+        self.events_lost
+            .with_label_values(&["ringbuf_full"])
+            .inc_by(d[counter::RINGBUF_FULL as usize]);
+        self.events_lost
+            .with_label_values(&["read_g_failed"])
+            .inc_by(d[counter::READ_G_FAILED as usize]);
+        self.stack_failures
+            .with_label_values(&["kernel"])
+            .inc_by(d[counter::STACK_FAILED as usize]);
+    }
+
+    /// Adds the tracker's anomaly counts' increase from `before` to `now`.
+    pub fn add_stats(&self, before: &Stats, now: &Stats) {
+        self.untracked_exits
+            .inc_by(now.untracked_exits - before.untracked_exits);
+        self.duplicate_creates
+            .inc_by(now.duplicate_creates - before.duplicate_creates);
+        self.unresolved_pcs
+            .inc_by(now.unresolved_pcs - before.unresolved_pcs);
+        self.dropped_with_process
+            .inc_by(now.dropped_with_process - before.dropped_with_process);
+        self.bias_failures
+            .inc_by(now.bias_failures - before.bias_failures);
+        self.stack_failures
+            .with_label_values(&["read"])
+            .inc_by(now.stack_reads_failed - before.stack_reads_failed);
+    }
+
+    pub fn add_log_write_errors(&self, n: u64) {
+        self.log_write_errors.inc_by(n);
+    }
+
+    /// The text exposition format (what /metrics serves).
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+struct SiteSeries {
+    creation: IntCounter,
+    exit: IntCounter,
+    uptime: Histogram,
+}
+
+/// Feeds the gmon families, caching each site's series handles so the hot
+/// path does no label hashing.
+pub struct PromSink {
+    metrics: Arc<Metrics>,
+    sites: HashMap<u64, SiteSeries>,
+}
+
+impl PromSink {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        PromSink {
+            metrics,
+            sites: HashMap::new(),
+        }
+    }
+
+    fn series(&mut self, g: &Goroutine) -> &SiteSeries {
+        let m = &self.metrics;
+        self.sites.entry(g.site.id).or_insert_with(|| {
+            let labels = stack_labels(&g.site.stack);
+            SiteSeries {
+                creation: m.creation.with_label_values(&labels),
+                exit: m.exit.with_label_values(&labels),
+                uptime: m.uptime.with_label_values(&labels),
+            }
+        })
+    }
+}
+
+impl Sink for PromSink {
+    fn created(&mut self, g: &Goroutine) {
+        self.series(g).creation.inc();
+    }
+
+    fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
+        let s = self.series(g);
+        s.exit.inc();
+        s.uptime
+            .observe(exited_ns.saturating_sub(g.created_ns) as f64 / 1e9);
+    }
+}
+
+/// Binds the /metrics listener (early, so a busy port fails before probing).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Bind(addr, e))
+}
+
+/// Serves /metrics until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::{Router, http::header, routing::get};
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{gobin::Frame, model::Site};
+
+    fn goroutine(stack: &[&str], created_ns: u64) -> Goroutine {
+        Goroutine {
+            pid: 1,
+            goid: 5,
+            parent_goid: 1,
+            created_ns,
+            site: Arc::new(Site {
+                id: 3,
+                stack: stack
+                    .iter()
+                    .map(|f| Frame {
+                        function: f.to_string(),
+                        file: None,
+                        line: None,
+                    })
+                    .collect(),
+                creator: None,
+                start: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn renders_gmon_families_with_stack_labels() {
+        let m = Metrics::new().unwrap();
+        let mut sink = PromSink::new(m.clone());
+        let g = goroutine(
+            &[
+                "runtime.newproc1",
+                "main.main",
+                "runtime.main",
+                "runtime.goexit",
+            ],
+            0,
+        );
+        sink.created(&g);
+        sink.exited(&g, 2_500_000_000);
+        let text = m.render();
+        let labels = r#"stack_0="runtime.goexit",stack_1="runtime.main",stack_2="main.main",stack_3="runtime.newproc1",stack_4="none""#;
+        assert!(
+            text.contains("# TYPE gmon_goroutine_creation counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("gmon_goroutine_creation{{{labels}}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("gmon_goroutine_exit{{{labels}}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "gmon_goroutine_uptime_bucket{{{labels},le=\"1\"}} 0"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "gmon_goroutine_uptime_bucket{{{labels},le=\"3\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("gmon_goroutine_uptime_sum{{{labels}}} 2.5")),
+            "{text}"
+        );
+
+        let parsed =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let uptime: Vec<_> = parsed
+            .samples
+            .iter()
+            .filter(|s| s.metric == "gmon_goroutine_uptime")
+            .collect();
+        assert_eq!(uptime.len(), 1);
+        assert!(matches!(
+            &uptime[0].value,
+            prometheus_parse::Value::Histogram(b) if b.len() == GMON_BUCKETS.len() + 1
+        ));
+    }
+
+    #[test]
+    fn kernel_and_tracker_counters_are_exported() {
+        let m = Metrics::new().unwrap();
+        let mut d = [0u64; counter::COUNT as usize];
+        d[counter::RINGBUF_FULL as usize] = 4;
+        m.add_kernel(&d);
+        let now = Stats {
+            untracked_exits: 2,
+            ..Default::default()
+        };
+        m.add_stats(&Stats::default(), &now);
+        let text = m.render();
+        assert!(
+            text.contains("gmon_agent_events_lost_total{reason=\"ringbuf_full\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gmon_agent_untracked_exits_total 2"),
+            "{text}"
+        );
+    }
+}

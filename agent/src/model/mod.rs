@@ -1,0 +1,235 @@
+//! Aggregates: the table of live goroutines keyed by (pid, goid), and the
+//! creation sites they share. Kernel events go in; created/exited goroutines
+//! with symbolized sites come out to a `Sink`.
+
+mod labels;
+
+pub use labels::{STACK_LABELS, stack_labels};
+
+use crate::{
+    gobin::{Frame, GoBinary},
+    process::{self, ProcessKey},
+};
+use agent_common::{EVENT_CREATE, EVENT_EXIT, GoroutineEvent, NO_STACK};
+use std::{collections::HashMap, sync::Arc};
+
+/// Where goroutines come from: the `go` statement and what it started.
+#[derive(Debug)]
+pub struct Site {
+    /// Unique per site, for exporters that cache per-site state.
+    pub id: u64,
+    /// Creating user stack, innermost frame first (empty if not collected).
+    pub stack: Vec<Frame>,
+    /// Function containing the `go` statement (from g.gopc).
+    pub creator: Option<Frame>,
+    /// The goroutine's own function (from g.startpc).
+    pub start: Option<Frame>,
+}
+
+/// A goroutine being tracked.
+#[derive(Debug, Clone)]
+pub struct Goroutine {
+    pub pid: u32,
+    pub goid: u64,
+    pub parent_goid: u64,
+    /// Kernel monotonic time of creation, in ns.
+    pub created_ns: u64,
+    pub site: Arc<Site>,
+}
+
+/// Receives what the tracker learns.
+pub trait Sink {
+    fn created(&mut self, g: &Goroutine);
+    fn exited(&mut self, g: &Goroutine, exited_ns: u64);
+}
+
+/// Where user stacks collected by the kernel are read from.
+pub trait StackSource {
+    fn user_stack(&mut self, stack_id: u32) -> Option<Vec<u64>>;
+}
+
+/// Counts of anomalies, all exported as self-metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Exits of goroutines created before the agent attached.
+    pub untracked_exits: u64,
+    /// A creation for a (pid, goid) already live (the old entry is replaced).
+    pub duplicate_creates: u64,
+    /// PCs that could not be resolved to a function.
+    pub unresolved_pcs: u64,
+    /// Stacks whose id was given but could not be read from the stack map.
+    pub stack_reads_failed: u64,
+    /// Goroutines still live when their process exited.
+    pub dropped_with_process: u64,
+    /// Processes whose load bias could not be read (PCs left unresolved).
+    pub bias_failures: u64,
+}
+
+struct Proc {
+    key: Option<ProcessKey>,
+    bias: Option<u64>,
+    live: HashMap<u64, Goroutine>,
+    sites: HashMap<(i32, u64, u64), Arc<Site>>,
+}
+
+/// The goroutine table for the processes of one binary.
+pub struct Tracker {
+    binary: Arc<GoBinary>,
+    depth: usize,
+    procs: HashMap<u32, Proc>,
+    next_site: u64,
+    pub stats: Stats,
+}
+
+impl Tracker {
+    /// `depth` caps the frames kept per creation stack.
+    pub fn new(binary: Arc<GoBinary>, depth: usize) -> Self {
+        Tracker {
+            binary,
+            depth,
+            procs: HashMap::new(),
+            next_site: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Goroutines currently tracked, over all processes.
+    pub fn live(&self) -> usize {
+        self.procs.values().map(|p| p.live.len()).sum()
+    }
+
+    /// Processes currently tracked.
+    pub fn processes(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn on_event(
+        &mut self,
+        ev: &GoroutineEvent,
+        stacks: &mut dyn StackSource,
+        sink: &mut dyn Sink,
+    ) {
+        match ev.kind {
+            EVENT_CREATE => self.on_create(ev, stacks, sink),
+            EVENT_EXIT => self.on_exit(ev, sink),
+            _ => {}
+        }
+    }
+
+    fn proc(&mut self, pid: u32) -> &mut Proc {
+        let binary = &self.binary;
+        let stats = &mut self.stats;
+        self.procs.entry(pid).or_insert_with(|| {
+            let bias = match process::load_bias(pid, binary) {
+                Ok(b) => Some(b),
+                // A non-PIE binary is never relocated.
+                Err(_) if !binary.pie => Some(0),
+                Err(_) => {
+                    stats.bias_failures += 1;
+                    None
+                }
+            };
+            Proc {
+                key: ProcessKey::of(pid),
+                bias,
+                live: HashMap::new(),
+                sites: HashMap::new(),
+            }
+        })
+    }
+
+    fn on_create(
+        &mut self,
+        ev: &GoroutineEvent,
+        stacks: &mut dyn StackSource,
+        sink: &mut dyn Sink,
+    ) {
+        let site_key = (ev.stack_id, ev.gopc, ev.startpc);
+        let cached = self.proc(ev.pid).sites.get(&site_key).cloned();
+        let site = match cached {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(self.resolve_site(ev, stacks));
+                self.proc(ev.pid).sites.insert(site_key, s.clone());
+                s
+            }
+        };
+        let g = Goroutine {
+            pid: ev.pid,
+            goid: ev.goid,
+            parent_goid: ev.parent_goid,
+            created_ns: ev.ktime_ns,
+            site,
+        };
+        sink.created(&g);
+        if self.proc(ev.pid).live.insert(ev.goid, g).is_some() {
+            self.stats.duplicate_creates += 1;
+        }
+    }
+
+    fn on_exit(&mut self, ev: &GoroutineEvent, sink: &mut dyn Sink) {
+        let removed = self
+            .procs
+            .get_mut(&ev.pid)
+            .and_then(|p| p.live.remove(&ev.goid));
+        match removed {
+            Some(g) => sink.exited(&g, ev.ktime_ns),
+            None => self.stats.untracked_exits += 1,
+        }
+    }
+
+    fn resolve_site(&mut self, ev: &GoroutineEvent, stacks: &mut dyn StackSource) -> Site {
+        let bias = self.proc(ev.pid).bias;
+        let frame = |pc: u64, stats: &mut Stats| -> Frame {
+            let f = bias.and_then(|b| self.binary.symbolize(pc.wrapping_sub(b)));
+            f.unwrap_or_else(|| {
+                stats.unresolved_pcs += 1;
+                Frame {
+                    function: format!("{pc:#x}"),
+                    file: None,
+                    line: None,
+                }
+            })
+        };
+        let mut stats = self.stats;
+        let mut stack = Vec::new();
+        if ev.stack_id != NO_STACK {
+            match stacks.user_stack(ev.stack_id as u32) {
+                Some(pcs) => {
+                    for (i, &pc) in pcs.iter().take(self.depth).enumerate() {
+                        // Frames past the first are return addresses: look up
+                        // the call instruction before them.
+                        let pc = if i == 0 { pc } else { pc.saturating_sub(1) };
+                        stack.push(frame(pc, &mut stats));
+                    }
+                }
+                None => stats.stack_reads_failed += 1,
+            }
+        }
+        // gopc is a return address too (the call to newproc).
+        let creator = (ev.gopc != 0).then(|| frame(ev.gopc.saturating_sub(1), &mut stats));
+        let start = (ev.startpc != 0).then(|| frame(ev.startpc, &mut stats));
+        self.stats = stats;
+        self.next_site += 1;
+        Site {
+            id: self.next_site,
+            stack,
+            creator,
+            start,
+        }
+    }
+
+    /// Forgets processes that have exited; returns the goroutines dropped.
+    pub fn sweep(&mut self) -> u64 {
+        let mut dropped = 0;
+        self.procs.retain(|_, p| {
+            let alive = p.key.is_some_and(|k| k.alive());
+            if !alive {
+                dropped += p.live.len() as u64;
+            }
+            alive
+        });
+        self.stats.dropped_with_process += dropped;
+        dropped
+    }
+}

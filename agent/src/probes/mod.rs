@@ -1,0 +1,211 @@
+//! Probes attached: loads the eBPF object, attaches the two uprobes to a
+//! binary, and hands out the maps the event reader needs. Dropping `Probes`
+//! detaches everything and unloads the programs.
+
+mod ringbuf;
+
+pub use ringbuf::EventReader;
+
+use crate::gobin::GoBinary;
+use agent_common::{GOffsets, MAX_BINARIES, counter};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, StackTraceMap},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use std::num::NonZeroU32;
+
+/// The compiled eBPF object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run gmon-agent with sudo"
+    )]
+    Permission,
+    #[error("this kernel lacks BPF ring buffers (Linux 5.8 or newer is needed): {0}")]
+    NoRingBuf(String),
+    #[error("cannot load the eBPF programs: {0}")]
+    Load(String),
+    #[error("cannot attach {program} to {path} at offset {offset:#x}: {reason}")]
+    Attach {
+        program: &'static str,
+        path: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("too many binaries: at most {MAX_BINARIES} can be probed at once")]
+    TooManyBinaries,
+    #[error("eBPF map {0}: {1}")]
+    Map(&'static str, String),
+}
+
+fn is_eperm(e: &dyn std::error::Error) -> bool {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = cur {
+        let s = err.to_string();
+        if s.contains("Operation not permitted") || s.contains("Permission denied") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Programs loaded in the kernel plus the attachments made so far.
+pub struct Probes {
+    ebpf: Ebpf,
+    binaries: Array<MapData, GOffsets>,
+    next_cookie: u32,
+}
+
+/// Handles that let the event reader and the counters live elsewhere.
+pub struct Maps {
+    pub events: EventReader,
+    pub stacks: StackTraceMap<MapData>,
+    pub counters: KernelCounters,
+}
+
+impl Probes {
+    /// Loads the programs. `collect_stacks` turns on user stack collection.
+    pub fn load(collect_stacks: bool) -> Result<(Self, Maps), Error> {
+        let flag: u32 = collect_stacks.into();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("COLLECT_STACKS", &flag, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                if is_eperm(&e) {
+                    Error::Permission
+                } else {
+                    let s = e.to_string();
+                    if s.contains("EVENTS") {
+                        Error::NoRingBuf(s)
+                    } else {
+                        Error::Load(format!("{e:#}"))
+                    }
+                }
+            })?;
+        for name in ["newproc1_ret", "goexit1"] {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Load(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| Error::Load(format!("{e}")))?;
+            prog.load().map_err(|e| {
+                if is_eperm(&e) {
+                    Error::Permission
+                } else {
+                    Error::Load(format!("{name}: {e}"))
+                }
+            })?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| Error::Map(name, "missing".into()))
+        };
+        let events = EventReader::new(take(&mut ebpf, "EVENTS")?)?;
+        let stacks = StackTraceMap::try_from(take(&mut ebpf, "STACKS")?)
+            .map_err(|e| Error::Map("STACKS", e.to_string()))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
+            .map_err(|e| Error::Map("COUNTERS", e.to_string()))?;
+        let binaries = Array::try_from(take(&mut ebpf, "BINARIES")?)
+            .map_err(|e| Error::Map("BINARIES", e.to_string()))?;
+        Ok((
+            Probes {
+                ebpf,
+                binaries,
+                next_cookie: 0,
+            },
+            Maps {
+                events,
+                stacks,
+                counters: KernelCounters {
+                    map: counters,
+                    last: [0; counter::COUNT as usize],
+                },
+            },
+        ))
+    }
+
+    /// Attaches both probes to `bin`, for every process running it or only
+    /// for `pid`. Returns how many uprobes were placed.
+    pub fn attach(&mut self, bin: &GoBinary, pid: Option<NonZeroU32>) -> Result<usize, Error> {
+        if self.next_cookie >= MAX_BINARIES {
+            return Err(Error::TooManyBinaries);
+        }
+        let cookie = self.next_cookie;
+        self.binaries
+            .set(cookie, bin.offsets, 0)
+            .map_err(|e| Error::Map("BINARIES", e.to_string()))?;
+        self.next_cookie += 1;
+        let scope = match pid {
+            Some(pid) => UProbeScope::OneProcess(pid),
+            None => UProbeScope::AllProcesses,
+        };
+        let sites = bin
+            .newproc1_rets
+            .iter()
+            .map(|&o| ("newproc1_ret", o))
+            .chain(std::iter::once(("goexit1", bin.goexit1)));
+        let mut placed = 0;
+        for (program, offset) in sites {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| Error::Load(format!("program {program} missing")))?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie: Some(cookie.into()),
+            };
+            prog.attach(point, &bin.path, scope)
+                .map_err(|e| Error::Attach {
+                    program,
+                    path: bin.path.display().to_string(),
+                    offset,
+                    reason: if is_eperm(&e) {
+                        "permission denied: attaching uprobes needs CAP_SYS_ADMIN (run with sudo)"
+                            .into()
+                    } else {
+                        format!("{e:#}")
+                    },
+                })?;
+            placed += 1;
+        }
+        Ok(placed)
+    }
+}
+
+/// The kernel's loss and activity counters (`agent_common::counter`).
+pub struct KernelCounters {
+    map: PerCpuArray<MapData, u64>,
+    last: [u64; counter::COUNT as usize],
+}
+
+impl KernelCounters {
+    /// Current totals, summed over CPUs.
+    pub fn read(&self) -> [u64; counter::COUNT as usize] {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.map.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+
+    /// Increase since the previous call, per counter.
+    pub fn deltas(&mut self) -> [u64; counter::COUNT as usize] {
+        let now = self.read();
+        let mut d = [0u64; counter::COUNT as usize];
+        for i in 0..d.len() {
+            d[i] = now[i].saturating_sub(self.last[i]);
+        }
+        self.last = now;
+        d
+    }
+}

@@ -1,0 +1,211 @@
+//! Standalone mode: one binary, its processes, until Ctrl-C or SIGTERM.
+//! Order matters: everything that can fail for a bad argument is checked
+//! before any probe is attached, and probes are detached only after the
+//! event reader has drained the last events.
+
+use crate::{
+    cli::Cli,
+    export::{
+        Fanout,
+        logfmt::{Clock, GmonLog},
+        prometheus::{self as prom, Metrics, PromSink},
+    },
+    gobin::{self, GoBinary},
+    model::{StackSource, Tracker},
+    probes::{self, Maps, Probes},
+    process,
+};
+use agent_common::EVENT_CREATE;
+use aya::maps::{MapData, StackTraceMap};
+use std::{
+    io::BufWriter,
+    net::SocketAddr,
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Binary(#[from] gobin::Error),
+    #[error(transparent)]
+    Process(#[from] process::Error),
+    #[error(transparent)]
+    Probes(#[from] probes::Error),
+    #[error(transparent)]
+    Metrics(#[from] prom::Error),
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// How often the reader drains the ring buffer when the kernel did not wake it.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How often exited processes are swept and self-metrics refreshed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+struct KernelStacks(StackTraceMap<MapData>);
+
+impl StackSource for KernelStacks {
+    fn user_stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
+        let st = self.0.get(&stack_id, 0).ok()?;
+        Some(st.frames().iter().map(|f| f.ip).collect())
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), Error> {
+    let clock = Clock::new();
+    let binary = Arc::new(GoBinary::analyse(&cli.path)?);
+    let pid = NonZeroU32::new(cli.pid);
+    if let Some(pid) = pid {
+        process::check_runs(pid.get(), binary.id)?;
+    }
+    let metrics = Metrics::new()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = if cli.metrics != 0 {
+        let addr = SocketAddr::new(cli.metrics_address, cli.metrics);
+        Some(rt.block_on(prom::bind(addr))?)
+    } else {
+        None
+    };
+
+    raise_memlock_limit();
+    let (mut probes, maps) = Probes::load(cli.stack_depth > 0)?;
+    let placed = probes.attach(&binary, pid)?;
+    metrics.uprobes_attached.set(placed as i64);
+    let running = match pid {
+        Some(p) => vec![p.get()],
+        None => process::processes_running(binary.id),
+    };
+    tracing::info!(
+        path = %binary.path.display(),
+        go = %binary.build.version_string,
+        uprobes = placed,
+        processes = running.len(),
+        "attached"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, metrics, binary) = (stop.clone(), metrics.clone(), binary.clone());
+        let level = cli.level;
+        let depth = cli.stack_depth as usize;
+        std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || read_events(maps, binary, depth, level, clock, metrics, stop))?
+    };
+
+    rt.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let server = listener.map(|l| {
+            let mut rx = rx.clone();
+            tokio::spawn(prom::serve(l, metrics.clone(), async move {
+                let _ = rx.changed().await;
+            }))
+        });
+        wait_for_signal().await;
+        tracing::info!("stopping");
+        let _ = tx.send(true);
+        if let Some(s) = server {
+            let _ = s.await;
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    // Detach every uprobe and unload the programs.
+    drop(probes);
+    tracing::info!("detached");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// On kernels before 5.11 BPF memory counts against RLIMIT_MEMLOCK; newer
+/// ones account it to the cgroup, so a refusal here is harmless.
+fn raise_memlock_limit() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on Linux 5.11+)");
+    }
+}
+
+/// The event loop: drain, track, export; housekeeping once a second.
+fn read_events(
+    maps: Maps,
+    binary: Arc<GoBinary>,
+    depth: usize,
+    level: crate::export::logfmt::Level,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) {
+    let Maps {
+        mut events,
+        stacks,
+        mut counters,
+    } = maps;
+    let mut stacks = KernelStacks(stacks);
+    let mut tracker = Tracker::new(binary, depth);
+    let mut log = GmonLog::new(
+        BufWriter::with_capacity(64 << 10, std::io::stdout()),
+        level,
+        clock,
+    );
+    let mut prom = PromSink::new(metrics.clone());
+    metrics.add_kernel(&counters.deltas());
+    metrics.add_stats(&tracker.stats, &tracker.stats);
+    let mut last_stats = tracker.stats;
+    let mut last_housekeeping = Instant::now();
+    let mut last_log_errors = 0;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if !stopping {
+            events.wait(DRAIN_INTERVAL);
+        }
+        let mut malformed = 0;
+        {
+            let mut sink = Fanout(vec![&mut log, &mut prom]);
+            events.drain(|ev| match ev {
+                Ok(ev) => {
+                    metrics.received(ev.kind == EVENT_CREATE);
+                    tracker.on_event(&ev, &mut stacks, &mut sink);
+                }
+                Err(_) => malformed += 1,
+            });
+        }
+        metrics.malformed(malformed);
+        log.flush();
+        if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
+            last_housekeeping = Instant::now();
+            tracker.sweep();
+            metrics.add_kernel(&counters.deltas());
+            metrics.add_stats(&last_stats, &tracker.stats);
+            last_stats = tracker.stats;
+            metrics.add_log_write_errors(log.write_errors - last_log_errors);
+            last_log_errors = log.write_errors;
+            metrics.goroutines_tracked.set(tracker.live() as i64);
+            metrics.processes_tracked.set(tracker.processes() as i64);
+        }
+        if stopping {
+            break;
+        }
+    }
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Takes a fresh Debian 12 machine (as root) to everything gmon-agent needs to
+# build and test. Idempotent: a second run checks and changes nothing.
+set -euo pipefail
+
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "bootstrap: must run as root (it installs packages); re-run with sudo" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+LLVM_VER=22
+GO_BIN=/usr/lib/go-1.23/bin/go
+BPF_LINKER_VER=0.13.0
+
+# --- apt: Go 1.23 from bookworm-backports, LLVM 22 for bpf-linker ---------
+BACKPORTS=/etc/apt/sources.list.d/gmon-agent-backports.sources
+if [ ! -f "$BACKPORTS" ]; then
+  log "adding bookworm-backports"
+  cat >"$BACKPORTS" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  rm -f /var/lib/apt/lists/.gmon-agent-updated
+fi
+
+PKGS=(golang-1.23-go "llvm-${LLVM_VER}-dev" "libpolly-${LLVM_VER}-dev" libzstd-dev
+      zlib1g-dev golang-1.19-go pkg-config iproute2 procps curl protobuf-compiler)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- Rust: nightly rust-src (aya-build uses -Z build-std), bpf-linker ------
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VER"; then
+  log "building bpf-linker $BPF_LINKER_VER against LLVM $LLVM_VER (about a minute)"
+  LLVM_PREFIX=/usr/lib/llvm-${LLVM_VER} PATH=/usr/lib/llvm-${LLVM_VER}/bin:$PATH \
+    cargo install --locked bpf-linker --version "$BPF_LINKER_VER" \
+      --no-default-features --features "llvm-${LLVM_VER}"
+fi
+
+# --- Go fixtures ------------------------------------------------------------
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/build-fixtures.sh"
+log "ready"
