@@ -79,8 +79,9 @@ pub fn parse(section: &[u8]) -> Result<BuildInfo, Error> {
         return Err(Error::PreGo118);
     }
     let mut rest = &section[32..];
-    let version_string = read_string(&mut rest).ok_or(Error::Corrupt)?;
-    let modinfo = read_string(&mut rest).unwrap_or_default();
+    let version_string =
+        String::from_utf8_lossy(read_bytes(&mut rest).ok_or(Error::Corrupt)?).into_owned();
+    let modinfo = read_bytes(&mut rest).unwrap_or_default();
     let version =
         GoVersion::parse(&version_string).ok_or(Error::BadVersion(version_string.clone()))?;
     let mut info = BuildInfo {
@@ -92,10 +93,9 @@ pub fn parse(section: &[u8]) -> Result<BuildInfo, Error> {
     };
     // The module info is framed by 16-byte sentinels; its lines are
     // tab-separated: "path\tP", "mod\tM\tV\tSUM", "build\tK=V".
-    let body = if modinfo.len() >= 33 {
-        modinfo.get(16..modinfo.len() - 17).unwrap_or("")
-    } else {
-        ""
+    let body = match modinfo.len() {
+        n if n >= 32 => String::from_utf8_lossy(&modinfo[16..n - 16]).into_owned(),
+        _ => String::new(),
     };
     for line in body.lines() {
         let mut f = line.split('\t');
@@ -115,7 +115,7 @@ pub fn parse(section: &[u8]) -> Result<BuildInfo, Error> {
     Ok(info)
 }
 
-fn read_string(b: &mut &[u8]) -> Option<String> {
+fn read_bytes<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
     let mut len: u64 = 0;
     let mut i = 0;
     loop {
@@ -130,7 +130,7 @@ fn read_string(b: &mut &[u8]) -> Option<String> {
         }
     }
     let end = i.checked_add(usize::try_from(len).ok()?)?;
-    let s = String::from_utf8_lossy(b.get(i..end)?).into_owned();
+    let s = b.get(i..end)?;
     *b = &b[end..];
     Some(s)
 }
@@ -166,7 +166,7 @@ mod tests {
     fn parses_inline_buildinfo() {
         let sentinel = "0123456789abcdef";
         let modinfo = format!(
-            "{sentinel}path\tex/cmd\nmod\tex\t(devel)\t\nbuild\t-buildmode=pie\n{sentinel}\n"
+            "{sentinel}path\tex/cmd\nmod\tex\t(devel)\t\nbuild\t-buildmode=pie\n{sentinel}"
         );
         let info = parse(&section("go1.23.5", &modinfo)).unwrap();
         assert_eq!(info.version.minor, 23);

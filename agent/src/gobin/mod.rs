@@ -91,6 +91,17 @@ pub struct Frame {
     pub line: Option<u32>,
 }
 
+impl std::fmt::Debug for GoBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoBinary")
+            .field("path", &self.path)
+            .field("id", &self.id)
+            .field("go", &self.build.version_string)
+            .field("pie", &self.pie)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Result of analysing one Go executable.
 pub struct GoBinary {
     pub path: PathBuf,

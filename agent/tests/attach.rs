@@ -1,0 +1,186 @@
+//! Root tests: load the eBPF programs, attach them to the spawner fixture and
+//! compare what the probes see with the goroutine ids the fixture reports.
+
+use e2e::{Proc, fixture, loaded_bpf_programs, piped, require_root, wait_for};
+use gmon_agent::{
+    gobin::GoBinary,
+    model::{Goroutine, Sink, StackSource, Tracker},
+    probes::{Maps, Probes},
+};
+use std::{
+    collections::HashMap,
+    io::Write,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+// Tests in this file share the kernel's probe state: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[derive(Default)]
+struct Recorder {
+    created: Vec<Goroutine>,
+    exited: Vec<(Goroutine, u64)>,
+}
+
+impl Sink for Recorder {
+    fn created(&mut self, g: &Goroutine) {
+        self.created.push(g.clone());
+    }
+    fn exited(&mut self, g: &Goroutine, at: u64) {
+        self.exited.push((g.clone(), at));
+    }
+}
+
+struct Stacks(aya::maps::StackTraceMap<aya::maps::MapData>);
+impl StackSource for Stacks {
+    fn user_stack(&mut self, id: u32) -> Option<Vec<u64>> {
+        Some(
+            self.0
+                .get(&id, 0)
+                .ok()?
+                .frames()
+                .iter()
+                .map(|f| f.ip)
+                .collect(),
+        )
+    }
+}
+
+/// Runs the spawner for `rounds` under the probes; returns the fixture's
+/// own (site, goid) lines, what the tracker saw, and its stats.
+fn trace_spawner(rounds: u32, only_pid: bool) -> (Vec<(String, u64)>, Recorder, Tracker) {
+    let bin = Arc::new(GoBinary::analyse(&fixture("spawner")).unwrap());
+    let mut sp = Proc::spawn(piped(&bin.path).arg(format!("-rounds={rounds}")));
+    let mut lines = sp.stdout_lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("ready"));
+
+    let (mut probes, maps) = Probes::load(true).unwrap();
+    let pid = only_pid.then(|| NonZeroU32::new(sp.pid()).unwrap());
+    assert_eq!(
+        probes.attach(&bin, pid).unwrap(),
+        bin.newproc1_rets.len() + 1
+    );
+    let Maps {
+        mut events,
+        stacks,
+        counters,
+    } = maps;
+    let mut stacks = Stacks(stacks);
+
+    let mut stdin = sp.stdin();
+    writeln!(stdin).unwrap();
+    let mut reported = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("done") {
+            break;
+        }
+        let rest = line.strip_prefix("goroutine site=").unwrap();
+        let (site, goid) = rest.split_once(" goid=").unwrap();
+        reported.push((site.to_owned(), goid.parse().unwrap()));
+    }
+    let mut tracker = Tracker::new(bin.clone(), 127);
+    let mut rec = Recorder::default();
+    let want = reported.len();
+    wait_for(Duration::from_secs(5), || {
+        events.drain(|ev| tracker.on_event(&ev.unwrap(), &mut stacks, &mut rec));
+        let done = rec.exited.iter().filter(|(g, _)| g.pid == sp.pid()).count() >= want;
+        done.then_some(())
+    });
+    let k = counters.read();
+    assert_eq!(k[agent_common::counter::RINGBUF_FULL as usize], 0);
+    assert_eq!(k[agent_common::counter::READ_G_FAILED as usize], 0);
+    assert_eq!(k[agent_common::counter::STACK_FAILED as usize], 0);
+    drop(stdin);
+    drop(probes);
+    (reported, rec, tracker)
+}
+
+#[test]
+fn every_goroutine_is_seen_once_created_and_once_exited_with_its_site() {
+    if !require_root("attach test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap();
+    let (reported, rec, tracker) = trace_spawner(25, false);
+    assert_eq!(reported.len(), 100);
+
+    let mut created: HashMap<u64, &Goroutine> = HashMap::new();
+    for g in &rec.created {
+        assert!(
+            created.insert(g.goid, g).is_none(),
+            "goid {} created twice",
+            g.goid
+        );
+    }
+    let mut exited: HashMap<u64, u64> = HashMap::new();
+    for (g, at) in &rec.exited {
+        assert!(
+            exited.insert(g.goid, *at).is_none(),
+            "goid {} exited twice",
+            g.goid
+        );
+        assert!(*at >= g.created_ns);
+    }
+    for (site, goid) in &reported {
+        let g = created
+            .get(goid)
+            .unwrap_or_else(|| panic!("goroutine {goid} ({site}) not seen at creation"));
+        assert!(
+            exited.contains_key(goid),
+            "goroutine {goid} ({site}) not seen at exit"
+        );
+        let start = &g.site.start.as_ref().unwrap().function;
+        let creator = &g.site.creator.as_ref().unwrap().function;
+        assert_eq!(start, &format!("main.{site}"));
+        let want_creator = if site == "nestedChild" {
+            "main.nestedParent"
+        } else {
+            "main.main"
+        };
+        assert_eq!(creator, want_creator, "creator of {site}");
+        // The creating stack runs from newproc1 out to goexit via the creator.
+        let names: Vec<&str> = g.site.stack.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(names.first(), Some(&"runtime.newproc1"), "{names:?}");
+        assert_eq!(names.last(), Some(&"runtime.goexit"), "{names:?}");
+        assert!(names.contains(&want_creator), "{names:?}");
+        assert_ne!(g.parent_goid, 0);
+    }
+    assert_eq!(tracker.stats.unresolved_pcs, 0);
+    assert_eq!(tracker.stats.duplicate_creates, 0);
+}
+
+#[test]
+fn pid_scope_ignores_other_processes_of_the_same_binary() {
+    if !require_root("attach test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap();
+    // A second spawner running the same binary, not selected.
+    let mut other = Proc::spawn(piped(fixture("spawner")).arg("-rounds=5"));
+    let mut other_in = other.stdin();
+    let mut other_lines = other.stdout_lines();
+    other_lines.next();
+    writeln!(other_in).unwrap();
+    let (reported, rec, _) = trace_spawner(3, true);
+    assert_eq!(reported.len(), 12);
+    let pids: std::collections::HashSet<u32> = rec.created.iter().map(|g| g.pid).collect();
+    assert_eq!(pids.len(), 1, "events from more than one process: {pids:?}");
+    assert!(!pids.contains(&other.pid()));
+}
+
+#[test]
+fn dropping_the_probes_leaves_nothing_loaded() {
+    if !require_root("attach test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap();
+    let _ = trace_spawner(1, false);
+    let names = loaded_bpf_programs();
+    assert!(
+        !names.iter().any(|n| n == "newproc1_ret" || n == "goexit1"),
+        "programs still loaded: {names:?}"
+    );
+}

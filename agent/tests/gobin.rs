@@ -1,0 +1,124 @@
+//! Binary analysis against real Go binaries built by the bootstrap (no root).
+
+use e2e::fixture;
+use gmon_agent::gobin::{Error, GoBinary};
+use std::io::Write;
+
+#[test]
+fn reads_release_offsets_and_probe_sites_from_go_1_23() {
+    let bin = GoBinary::analyse(&fixture("spawner")).unwrap();
+    assert_eq!((bin.build.version.major, bin.build.version.minor), (1, 23));
+    assert_eq!(
+        bin.build.main_path.as_deref(),
+        Some("gmon-agent/fixture/spawner")
+    );
+    // runtime.g layout of Go 1.23 (goid moved to 160 when syscallbp was added).
+    let o = bin.offsets;
+    assert_eq!(
+        (o.goid, o.parent_goid, o.gopc, o.startpc),
+        (160, 280, 288, 304)
+    );
+
+    // Every probe site in runtime.newproc1 is a RET byte in the file.
+    let data = std::fs::read(&bin.path).unwrap();
+    assert!(!bin.newproc1_rets.is_empty());
+    for &off in &bin.newproc1_rets {
+        assert_eq!(data[off as usize], 0xc3, "offset {off:#x} is not a RET");
+    }
+    // goexit1's entry is a function start: symbolizing it names goexit1.
+    let entry = bin.function_entry("runtime.goexit1").unwrap();
+    assert_eq!(bin.file_offset(entry).unwrap(), bin.goexit1);
+    assert!(!bin.pie);
+}
+
+#[test]
+fn symbolizes_functions_with_file_and_line() {
+    let bin = GoBinary::analyse(&fixture("spawner")).unwrap();
+    for name in [
+        "main.shortWorker",
+        "main.nestedChild",
+        "runtime.goexit1",
+        "main.main",
+    ] {
+        let entry = bin.function_entry(name).unwrap();
+        let f = bin.symbolize(entry + 1).unwrap();
+        assert_eq!(f.function, name);
+        assert!(f.line.unwrap() > 0);
+    }
+    let f = bin
+        .symbolize(bin.function_entry("main.shortWorker").unwrap())
+        .unwrap();
+    assert!(f.file.unwrap().ends_with("fixture/spawner/main.go"));
+    // An address outside the text symbolizes to nothing.
+    assert_eq!(bin.symbolize(0x10), None);
+}
+
+#[test]
+fn refuses_a_missing_path() {
+    let err = GoBinary::analyse("/nonexistent/app".as_ref()).unwrap_err();
+    assert!(matches!(err, Error::Open(..)), "{err}");
+    assert!(err.to_string().contains("/nonexistent/app"));
+}
+
+#[test]
+fn refuses_a_file_that_is_not_elf() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "#!/bin/sh\necho hello").unwrap();
+    let err = GoBinary::analyse(f.path()).unwrap_err();
+    assert!(matches!(err, Error::NotElf(_)), "{err}");
+    assert!(err.to_string().contains("not an ELF executable"));
+}
+
+#[test]
+fn refuses_an_elf_that_is_not_go() {
+    let err = GoBinary::analyse("/bin/true".as_ref()).unwrap_err();
+    assert!(matches!(err, Error::NotGo(..)), "{err}");
+    assert!(err.to_string().contains("not a Go program"));
+}
+
+#[test]
+fn refuses_go_older_than_1_23_naming_the_version() {
+    let err = GoBinary::analyse(&fixture("spawner-go1.19")).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::TooOld { .. }), "{msg}");
+    assert!(
+        msg.contains("go1.19") && msg.contains("Go 1.23 or newer"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refuses_a_go_binary_without_runtime_functions() {
+    // A copy of a Go binary whose runtime.newproc1 name is defaced in the
+    // function name table: analysis must say which function is missing.
+    let mut data = std::fs::read(fixture("spawner")).unwrap();
+    let needle = b"runtime.newproc1\0";
+    let at = data
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("name in pclntab");
+    data[at + 8] = b'X';
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&data).unwrap();
+    let err = GoBinary::analyse(f.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MissingRuntime {
+                symbol: "runtime.newproc1",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn truncated_binaries_fail_cleanly() {
+    let data = std::fs::read(fixture("spawner")).unwrap();
+    for len in [0, 16, 64, 4096, data.len() / 3, data.len() / 2] {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&data[..len]).unwrap();
+        assert!(GoBinary::analyse(f.path()).is_err(), "truncated to {len}");
+    }
+}
