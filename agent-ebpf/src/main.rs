@@ -161,6 +161,13 @@ fn try_goexit1(ctx: &ProbeContext) -> Result<(), ()> {
     Ok(())
 }
 
+/// Does nothing: attached at the same sites, it measures the bare cost of
+/// the uprobe traps (the benchmark's floor).
+#[uprobe]
+pub fn noop(_ctx: ProbeContext) -> u32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

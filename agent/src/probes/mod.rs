@@ -89,7 +89,7 @@ impl Probes {
                     }
                 }
             })?;
-        for name in ["newproc1_ret", "goexit1"] {
+        for name in ["newproc1_ret", "goexit1", "noop"] {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Load(format!("program {name} missing")))?
@@ -134,6 +134,21 @@ impl Probes {
     /// Attaches both probes to `bin`, for every process running it or only
     /// for `pid`. Returns how many uprobes were placed.
     pub fn attach(&mut self, bin: &GoBinary, pid: Option<NonZeroU32>) -> Result<usize, Error> {
+        self.attach_programs(bin, pid, ["newproc1_ret", "goexit1"])
+    }
+
+    /// Attaches an empty program at the same sites: the bare trap cost,
+    /// which the overhead benchmark compares the real probes against.
+    pub fn attach_noop(&mut self, bin: &GoBinary) -> Result<usize, Error> {
+        self.attach_programs(bin, None, ["noop", "noop"])
+    }
+
+    fn attach_programs(
+        &mut self,
+        bin: &GoBinary,
+        pid: Option<NonZeroU32>,
+        [create, exit]: [&'static str; 2],
+    ) -> Result<usize, Error> {
         if self.next_cookie >= MAX_BINARIES {
             return Err(Error::TooManyBinaries);
         }
@@ -149,8 +164,8 @@ impl Probes {
         let sites = bin
             .newproc1_rets
             .iter()
-            .map(|&o| ("newproc1_ret", o))
-            .chain(std::iter::once(("goexit1", bin.goexit1)));
+            .map(|&o| (create, o))
+            .chain(std::iter::once((exit, bin.goexit1)));
         let mut placed = 0;
         for (program, offset) in sites {
             let prog: &mut UProbe = self

@@ -1,0 +1,148 @@
+//! Overhead benchmark (needs root): a Go program that creates goroutines as
+//! fast as it can, timed per goroutine (create + run + exit) in three modes,
+//! interleaved in one run so the ratios compare like with like:
+//!
+//! * untraced
+//! * floor: an empty program on the same uprobe sites (the bare trap cost)
+//! * gmon-agent: the real agent binary, stacks on, logging to /dev/null
+//!
+//! Prints per-mode medians, the ratio gmon-agent / floor, the agent's CPU
+//! time per million events, and events lost.
+//!
+//! Run: sudo cargo bench -p agent --bench overhead  (ROUNDS, N to change size)
+
+use e2e::{Proc, fixture, free_port, http_get, wait_for};
+use gmon_agent::{gobin::GoBinary, probes::Probes};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+fn env_or(name: &str, default: u32) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs the churn fixture once; returns ns per goroutine.
+fn churn(n: u32, rounds: u32) -> f64 {
+    let out = Command::new(fixture("churn"))
+        .args([format!("-n={n}"), format!("-rounds={rounds}")])
+        .env("GOMAXPROCS", "2")
+        .output()
+        .unwrap();
+    let s = String::from_utf8(out.stdout).unwrap();
+    s.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("ns_per_goroutine="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected churn output {s:?}"))
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("overhead benchmark needs root (sudo cargo bench -p agent --bench overhead)");
+        std::process::exit(1);
+    }
+    let n = env_or("N", 100_000);
+    let rounds = env_or("ROUNDS", 3);
+    let reps = env_or("REPS", 5);
+    // Extra agent flags, e.g. AGENT_ARGS="--stack-depth 0" to see what stacks cost.
+    let agent_args = std::env::var("AGENT_ARGS").unwrap_or_default();
+    let bin = GoBinary::analyse(&fixture("churn")).unwrap();
+    let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+
+    let (mut untraced, mut floor, mut agent) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut agent_cpu_ns, mut agent_events, mut lost) = (0.0, 0.0, 0.0);
+    churn(n / 10, 1); // warm up page cache and CPU frequency
+    for _ in 0..reps {
+        untraced.push(churn(n, rounds));
+
+        {
+            let (mut probes, _maps) = Probes::load(false).unwrap();
+            probes.attach_noop(&bin).unwrap();
+            floor.push(churn(n, rounds));
+        }
+
+        let port = free_port();
+        let mut a = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+                .arg("--path")
+                .arg(&bin.path)
+                .args([
+                    "--metrics",
+                    &port.to_string(),
+                    "--metrics-address",
+                    "127.0.0.1",
+                ])
+                .args(agent_args.split_whitespace())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        );
+        // Attached once the agent reports its uprobes (works at any --level).
+        wait_for(Duration::from_secs(30), || {
+            let (_, body) = http_get(port, "/metrics").ok()?;
+            (metric(&body, "gmon_agent_uprobes_attached") > 0.0).then_some(())
+        })
+        .expect("agent attached");
+        let cpu0 = cpu_ticks(a.pid());
+        agent.push(churn(n, rounds));
+        // Let the agent drain what is still in the ring buffer.
+        std::thread::sleep(Duration::from_millis(1500));
+        let cpu1 = cpu_ticks(a.pid());
+        let (_, body) = http_get(port, "/metrics").unwrap();
+        agent_cpu_ns += (cpu1 - cpu0) as f64 * tick_ns;
+        agent_events += metric(&body, "gmon_agent_events_received_total");
+        lost += metric(&body, "gmon_agent_events_lost_total");
+        a.terminate(Duration::from_secs(10));
+    }
+    let (u, f, g) = (
+        median(&mut untraced),
+        median(&mut floor),
+        median(&mut agent),
+    );
+    let goroutines = n as u64 * rounds as u64;
+    println!(
+        "overhead benchmark: {goroutines} goroutines x {reps} repetitions, GOMAXPROCS=2, medians"
+    );
+    println!(
+        "  untraced                 {u:8.2} us/goroutine",
+        u = u / 1e3
+    );
+    println!(
+        "  floor (2 empty uprobes)  {f:8.2} us/goroutine",
+        f = f / 1e3
+    );
+    println!(
+        "  gmon-agent {agent_args:13} {g:8.2} us/goroutine",
+        g = g / 1e3
+    );
+    println!("  ratio gmon-agent / floor {:8.3}", g / f);
+    println!(
+        "  agent CPU per 1M events  {:8.3} s ({} events)",
+        agent_cpu_ns / 1e9 / (agent_events / 1e6),
+        agent_events
+    );
+    println!("  events lost              {lost}");
+}

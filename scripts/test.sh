@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: bootstrap, then every test, including the ones that
+# load BPF programs (run as root; CI does).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH="$HOME/.cargo/bin:$PATH"
+"$root/scripts/bootstrap.sh"
+cargo build --workspace --all-targets
+# Root tests share the kernel's probe state: one test binary at a time (the
+# default), and the attach tests serialise themselves.
+cargo test --workspace -- --test-threads=2
