@@ -58,12 +58,12 @@ pub fn g_offsets(file: &object::File<'_>) -> Result<GOffsets, Error> {
                     continue;
                 }
                 for (i, field) in FIELDS.iter().enumerate() {
-                    if found[i].is_none() && name_is(&dwarf, &unit, m, field)? {
-                        if let Some(gimli::AttributeValue::Udata(off)) =
+                    if found[i].is_none()
+                        && name_is(&dwarf, &unit, m, field)?
+                        && let Some(gimli::AttributeValue::Udata(off)) =
                             m.attr_value(gimli::DW_AT_data_member_location)?
-                        {
-                            found[i] = Some(off);
-                        }
+                    {
+                        found[i] = Some(off);
                     }
                 }
             }

@@ -230,12 +230,8 @@ impl GoBinary {
     }
 
     fn file_bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        let map: &[u8] = &self.symbols_data();
+        let map: &[u8] = self.symbols.data();
         map.get(offset as usize..(offset + len) as usize)
-    }
-
-    fn symbols_data(&self) -> &Mmap {
-        self.symbols.data()
     }
 
     /// Load bias of a process that mapped file offset `pgoff` at `start`:
