@@ -11,12 +11,11 @@ use crate::{
         prometheus::{self as prom, Metrics, PromSink},
     },
     gobin::{self, GoBinary},
-    model::{StackSource, Tracker},
-    probes::{self, Maps, Probes},
+    model::Tracker,
+    probes::{self, KernelStacks, Maps, Probes},
     process,
 };
 use agent_common::EVENT_CREATE;
-use aya::maps::{MapData, StackTraceMap};
 use std::{
     io::BufWriter,
     net::SocketAddr,
@@ -46,15 +45,6 @@ pub enum Error {
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// How often exited processes are swept and self-metrics refreshed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
-
-struct KernelStacks(StackTraceMap<MapData>);
-
-impl StackSource for KernelStacks {
-    fn user_stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
-        let st = self.0.get(&stack_id, 0).ok()?;
-        Some(st.frames().iter().map(|f| f.ip).collect())
-    }
-}
 
 pub fn run(cli: Cli) -> Result<(), Error> {
     let clock = Clock::new();

@@ -4,8 +4,8 @@
 use e2e::{Proc, fixture, loaded_bpf_programs, piped, require_root, wait_for};
 use gmon_agent::{
     gobin::GoBinary,
-    model::{Goroutine, Sink, StackSource, Tracker},
-    probes::{Maps, Probes},
+    model::{Goroutine, Sink, Tracker},
+    probes::{KernelStacks, Maps, Probes},
 };
 use std::{
     collections::HashMap,
@@ -33,21 +33,6 @@ impl Sink for Recorder {
     }
 }
 
-struct Stacks(aya::maps::StackTraceMap<aya::maps::MapData>);
-impl StackSource for Stacks {
-    fn user_stack(&mut self, id: u32) -> Option<Vec<u64>> {
-        Some(
-            self.0
-                .get(&id, 0)
-                .ok()?
-                .frames()
-                .iter()
-                .map(|f| f.ip)
-                .collect(),
-        )
-    }
-}
-
 /// Runs the spawner for `rounds` under the probes; returns the fixture's
 /// own (site, goid) lines, what the tracker saw, and its stats.
 fn trace_spawner(rounds: u32, only_pid: bool) -> (Vec<(String, u64)>, Recorder, Tracker) {
@@ -67,7 +52,7 @@ fn trace_spawner(rounds: u32, only_pid: bool) -> (Vec<(String, u64)>, Recorder, 
         stacks,
         counters,
     } = maps;
-    let mut stacks = Stacks(stacks);
+    let mut stacks = KernelStacks(stacks);
 
     let mut stdin = sp.stdin();
     writeln!(stdin).unwrap();

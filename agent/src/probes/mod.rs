@@ -195,6 +195,16 @@ impl Probes {
     }
 }
 
+/// User stacks collected by the kernel, read from the `STACKS` map.
+pub struct KernelStacks(pub StackTraceMap<MapData>);
+
+impl crate::model::StackSource for KernelStacks {
+    fn user_stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
+        let st = self.0.get(&stack_id, 0).ok()?;
+        Some(st.frames().iter().map(|f| f.ip).collect())
+    }
+}
+
 /// The kernel's loss and activity counters (`agent_common::counter`).
 pub struct KernelCounters {
     map: PerCpuArray<MapData, u64>,
