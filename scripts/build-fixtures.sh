@@ -5,6 +5,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/target/fixtures"
 mkdir -p "$out"
 export GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-buildvcs=false
+# An explicit cache outside the checkout: works without HOME and is reused.
+export GOCACHE=${GOCACHE:-/var/cache/gmon-agent/go-build}
+mkdir -p "$GOCACHE"
 GO123=/usr/lib/go-1.23/bin/go
 GO119=/usr/lib/go-1.19/bin/go
 

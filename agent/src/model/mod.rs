@@ -145,9 +145,10 @@ impl Tracker {
         sink: &mut dyn Sink,
     ) {
         let site_key = (ev.stack_id, ev.gopc, ev.startpc);
-        let cached = self.proc(ev.pid).sites.get(&site_key).cloned();
-        let site = match cached {
-            Some(s) => s,
+        // Common case: a known site, one process lookup. A new site is
+        // resolved first (that needs &mut self), then cached.
+        let site = match self.proc(ev.pid).sites.get(&site_key) {
+            Some(s) => s.clone(),
             None => {
                 let s = Arc::new(self.resolve_site(ev, stacks));
                 self.proc(ev.pid).sites.insert(site_key, s.clone());
@@ -162,7 +163,8 @@ impl Tracker {
             site,
         };
         sink.created(&g);
-        if self.proc(ev.pid).live.insert(ev.goid, g).is_some() {
+        let live = &mut self.procs.get_mut(&ev.pid).expect("inserted above").live;
+        if live.insert(ev.goid, g).is_some() {
             self.stats.duplicate_creates += 1;
         }
     }
