@@ -8,8 +8,9 @@ pub const EVENT_CREATE: u32 = 1;
 /// `GoroutineEvent::kind` for a goroutine seen entering runtime.goexit1.
 pub const EVENT_EXIT: u32 = 2;
 
-/// `GoroutineEvent::stack_id` when no stack was collected (disabled or failed).
-pub const NO_STACK: i32 = -1;
+/// `GoroutineEvent::stack` when no stack was collected (disabled or failed).
+/// The kernel never produces 0 as a stack key.
+pub const NO_STACK: u64 = 0;
 
 /// One goroutine creation or exit, written by the kernel into the ring buffer.
 #[repr(C)]
@@ -21,10 +22,13 @@ pub struct GoroutineEvent {
     pub pid: u32,
     /// Kernel thread id that ran the probe.
     pub tid: u32,
-    /// Id in the `STACKS` map of the creating user stack, or `NO_STACK`.
-    pub stack_id: i32,
+    /// Explicit padding (always 0).
+    pub _pad: u32,
     /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the probe.
     pub ktime_ns: u64,
+    /// Key in the `STACKS` map of the creating user stack (a hash of the
+    /// process id and the PCs), or `NO_STACK`.
+    pub stack: u64,
     /// runtime.g.goid of the created or exiting goroutine.
     pub goid: u64,
     /// runtime.g.parentGoid: the goroutine that executed the `go` statement.
@@ -34,10 +38,32 @@ pub struct GoroutineEvent {
     /// runtime.g.startpc: PC of the goroutine's function (creation events only).
     pub startpc: u64,
 }
-const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 64);
+
+/// A creating user stack, stored once per distinct stack in the `STACKS`
+/// hash map under `GoroutineEvent::stack`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStack {
+    /// Process the stack was taken in (the key's hash covers it too).
+    pub pid: u32,
+    /// Valid entries in `pcs`.
+    pub len: u32,
+    /// Innermost first: the probed instruction, then return addresses.
+    pub pcs: [u64; MAX_STACK_DEPTH],
+}
+const _: () = assert!(core::mem::size_of::<UserStack>() == 8 + 8 * MAX_STACK_DEPTH);
+
+impl UserStack {
+    /// The valid PCs.
+    pub fn pcs(&self) -> &[u64] {
+        &self.pcs[..(self.len as usize).min(MAX_STACK_DEPTH)]
+    }
+}
 
 /// Offsets into runtime.g that user space derives from the binary and passes
-/// to the programs as globals (they change between Go releases).
+/// to the programs (they change between Go releases), plus the span that
+/// covers all four, so the creation probe reads them with one helper call.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GOffsets {
@@ -45,8 +71,41 @@ pub struct GOffsets {
     pub parent_goid: u64,
     pub gopc: u64,
     pub startpc: u64,
+    /// Offset of the first byte the creation probe reads.
+    pub window_start: u32,
+    /// Bytes it reads (at most `G_WINDOW`).
+    pub window_len: u32,
 }
-const _: () = assert!(core::mem::size_of::<GOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<GOffsets>() == 40);
+
+/// Largest span of runtime.g the creation probe reads at once.
+pub const G_WINDOW: usize = 512;
+
+impl GOffsets {
+    /// `None` if a field is not 8-aligned or the four span more than
+    /// `G_WINDOW` bytes.
+    pub fn new(goid: u64, parent_goid: u64, gopc: u64, startpc: u64) -> Option<Self> {
+        let fields = [goid, parent_goid, gopc, startpc];
+        let mut lo = u64::MAX;
+        let mut hi = 0;
+        for f in fields {
+            if f % 8 != 0 {
+                return None;
+            }
+            lo = if f < lo { f } else { lo };
+            hi = if f + 8 > hi { f + 8 } else { hi };
+        }
+        let len = hi - lo;
+        (len <= G_WINDOW as u64 && lo <= u32::MAX as u64).then_some(GOffsets {
+            goid,
+            parent_goid,
+            gopc,
+            startpc,
+            window_start: lo as u32,
+            window_len: len as u32,
+        })
+    }
+}
 
 /// Indices of the kernel-side counters in the `COUNTERS` per-CPU array.
 /// Each counts one way an event can be lost or degraded in the kernel.
@@ -57,12 +116,15 @@ pub mod counter {
     pub const EXIT_SENT: u32 = 1;
     /// Events dropped because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 2;
-    /// Creation events sent without a stack because bpf_get_stackid failed.
+    /// Creation events sent without a stack because the stack map was full.
     pub const STACK_FAILED: u32 = 3;
     /// Events dropped because reading the runtime.g failed.
     pub const READ_G_FAILED: u32 = 4;
+    /// Events dropped because a preempted probe on the same CPU held the
+    /// per-CPU scratch space (possible on fully preemptible kernels).
+    pub const SCRATCH_BUSY: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 
     /// Names used for the exported metric label, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -71,6 +133,7 @@ pub mod counter {
         "ringbuf_full",
         "stack_failed",
         "read_g_failed",
+        "scratch_busy",
     ];
 }
 
@@ -82,9 +145,9 @@ pub const RINGBUF_BYTES: u32 = 4 << 20;
 pub const RINGBUF_WAKEUP_BYTES: u64 = 256 << 10;
 /// Distinct binaries one loaded object can probe (index = attach cookie).
 pub const MAX_BINARIES: u32 = 1024;
-/// Entries in the stack trace map.
+/// Distinct creation stacks the kernel can hold at once (allocated on use).
 pub const STACK_MAP_ENTRIES: u32 = 16384;
-/// Deepest stack the kernel collects (bpf's limit is 127).
+/// Deepest creation stack the kernel walks.
 pub const MAX_STACK_DEPTH: usize = 127;
 
 #[cfg(feature = "user")]
@@ -92,4 +155,5 @@ mod pod {
     // SAFETY: plain old data, repr(C), no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::GoroutineEvent {}
     unsafe impl aya::Pod for super::GOffsets {}
+    unsafe impl aya::Pod for super::UserStack {}
 }

@@ -7,6 +7,12 @@
 //! * `goexit1` sits on the entry of runtime.goexit1, which runs on the
 //!   exiting goroutine; ABIInternal keeps the current g in R14.
 //!
+//! Creation stacks are walked here along Go's frame pointers rather than with
+//! bpf_get_stackid: the kernel's walker reads one frame past the outermost
+//! one (runtime.goexit's saved frame pointer is 0) and takes a page fault on
+//! every call, which doubled the cost of a probe hit. Each distinct stack is
+//! stored once, keyed by a hash of the process id and its PCs.
+//!
 //! The attach cookie is an index into `BINARIES`, which holds the runtime.g
 //! field offsets of the probed binary, so one loaded object serves binaries
 //! of different Go releases.
@@ -14,37 +20,72 @@
 #![no_main]
 
 use agent_common::{
-    EVENT_CREATE, EVENT_EXIT, GOffsets, GoroutineEvent, MAX_BINARIES, NO_STACK, RINGBUF_BYTES,
-    RINGBUF_WAKEUP_BYTES, STACK_MAP_ENTRIES, counter,
+    EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, MAX_BINARIES, MAX_STACK_DEPTH,
+    NO_STACK, RINGBUF_BYTES, RINGBUF_WAKEUP_BYTES, STACK_MAP_ENTRIES, UserStack, counter,
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
+        generated::{self, bpf_get_attach_cookie},
     },
     macros::{map, uprobe},
-    maps::{Array, PerCpuArray, RingBuf, StackTrace},
-    programs::{ProbeContext, tracing::StackIdContext},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    programs::ProbeContext,
 };
 
-/// Non-zero: collect the creating user stack for every new goroutine.
-/// Set by user space with `EbpfLoader::override_global`.
+/// Frames of the creating user stack to collect (0: none, at most
+/// `MAX_STACK_DEPTH`). Set by user space with `EbpfLoader::override_global`.
 #[unsafe(no_mangle)]
-static COLLECT_STACKS: u32 = 0;
+static STACK_DEPTH: u32 = 0;
+
+/// Bytes of stack memory read at once while walking frames: one helper
+/// call usually covers several Go frames.
+const STACK_WINDOW: usize = 1024;
+
+/// The reader is woken at most once per this many events per CPU.
+const WAKEUP_CHECK_EVERY: u64 = 64;
+
+/// -EEXIST, as map updates with BPF_NOEXIST return it.
+const EEXIST: i32 = -17;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 
+/// Distinct creation stacks, keyed by `GoroutineEvent::stack`. Entries are
+/// allocated on first use; user space deletes a process's entries when it
+/// exits.
 #[map]
-static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+static STACKS: HashMap<u64, UserStack> =
+    HashMap::with_max_entries(STACK_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 #[map]
 static BINARIES: Array<GOffsets> = Array::with_max_entries(MAX_BINARIES, 0);
+
+/// Per-CPU working memory, too big for the 512-byte BPF stack. Uprobe
+/// programs run with migration disabled but, on fully preemptible kernels,
+/// can be preempted by another task that hits a probe on the same CPU:
+/// `busy` makes that one drop its event (counted) instead of clobbering.
+#[repr(C)]
+pub struct Scratch {
+    busy: u64,
+    /// Events this CPU has sent (paces the wakeup check).
+    events: u64,
+    /// runtime.g bytes from `GOffsets::window_start`.
+    g: [u8; G_WINDOW],
+    /// Stack memory from `window_base`.
+    window: [u8; STACK_WINDOW],
+    stack: UserStack,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -55,110 +96,248 @@ fn count(index: u32) {
 }
 
 #[inline(always)]
-fn read_u64(base: u64, offset: u64) -> Result<u64, ()> {
-    unsafe { bpf_probe_read_user((base + offset) as *const u64) }.map_err(|_| ())
-}
-
-#[inline(always)]
 fn offsets(ctx: &ProbeContext) -> Option<&'static GOffsets> {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     BINARIES.get(cookie as u32)
 }
 
-/// Wake the reader only when enough data is pending; otherwise it drains on
-/// its own timer. A wakeup per event costs more than the probe itself.
+/// Claims this CPU's scratch space; `release` it before returning.
 #[inline(always)]
-fn submit_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RINGBUF_WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP as u64
+fn claim() -> Option<&'static mut Scratch> {
+    let p = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU slot; `busy` keeps preempting probes out, and only
+    // this CPU touches it, so plain (volatile) accesses suffice.
+    unsafe {
+        if core::ptr::read_volatile(&(*p).busy) != 0 {
+            count(counter::SCRATCH_BUSY);
+            return None;
+        }
+        core::ptr::write_volatile(&mut (*p).busy, 1);
+        Some(&mut *p)
+    }
+}
+
+#[inline(always)]
+fn release(sc: &mut Scratch) {
+    unsafe { core::ptr::write_volatile(&mut sc.busy, 0) };
+}
+
+/// Reads `len` (1..=`max`) bytes of user memory at `src` into `dst`.
+#[inline(always)]
+fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
+    unsafe { generated::bpf_probe_read_user(dst.cast(), len as u32, src as *const _) == 0 }
+}
+
+/// Sends `ev`, waking the reader only if `RINGBUF_WAKEUP_BYTES` are pending,
+/// and checking that only every `WAKEUP_CHECK_EVERY` events: a wakeup is an
+/// IPI (a VM exit under virtualization) and even the check is a helper call.
+/// Between wakeups the reader drains on its own timer.
+#[inline(always)]
+fn send(ev: &GoroutineEvent, sent_counter: u32, events: &mut u64) {
+    *events += 1;
+    let flags = if *events % WAKEUP_CHECK_EVERY == 0
+        && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RINGBUF_WAKEUP_BYTES
+    {
+        BPF_RB_FORCE_WAKEUP
     } else {
-        BPF_RB_NO_WAKEUP as u64
+        BPF_RB_NO_WAKEUP
+    };
+    // reserve + submit is one helper call cheaper than output.
+    match EVENTS.reserve::<GoroutineEvent>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            entry.submit(flags as u64);
+            count(sent_counter);
+        }
+        None => count(counter::RINGBUF_FULL),
     }
 }
 
 #[uprobe]
 pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
-    let _ = try_newproc1_ret(&ctx);
+    if let Some(off) = offsets(&ctx)
+        && let Some(sc) = claim()
+    {
+        newproc1_event(&ctx, off, sc);
+        release(sc);
+    }
     0
 }
 
-fn try_newproc1_ret(ctx: &ProbeContext) -> Result<(), ()> {
-    let off = offsets(ctx).ok_or(())?;
+fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     let g = unsafe { (*ctx.regs).rax };
-    let (goid, parent_goid, gopc, startpc) = match (
-        read_u64(g, off.goid),
-        read_u64(g, off.parent_goid),
-        read_u64(g, off.gopc),
-        read_u64(g, off.startpc),
-    ) {
-        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
-        _ => {
-            count(counter::READ_G_FAILED);
-            return Err(());
-        }
-    };
-    let mut stack_id = NO_STACK;
-    if unsafe { core::ptr::read_volatile(&COLLECT_STACKS) } != 0 {
-        match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-            Ok(id) => stack_id = id as i32,
-            Err(_) => count(counter::STACK_FAILED),
-        }
+    // One read for all four fields; user space checked the window fits.
+    let len = off.window_len as usize;
+    if len == 0 || len > G_WINDOW || !read_user(sc.g.as_mut_ptr(), len, g + off.window_start as u64)
+    {
+        count(counter::READ_G_FAILED);
+        return;
     }
-    let flags = submit_flags();
-    let Some(mut entry) = EVENTS.reserve::<GoroutineEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return Err(());
+    let field = |at: u64| -> u64 {
+        // Offsets are 8-aligned and inside the window (GOffsets::new); the
+        // mask only proves it to the verifier.
+        let i = (at.wrapping_sub(off.window_start as u64) as usize) & (G_WINDOW - 8);
+        unsafe { *(sc.g.as_ptr().add(i) as *const u64) }
     };
+    let (goid, parent_goid, gopc, startpc) = (
+        field(off.goid),
+        field(off.parent_goid),
+        field(off.gopc),
+        field(off.startpc),
+    );
     let pid_tgid = bpf_get_current_pid_tgid();
-    entry.write(GoroutineEvent {
+    let pid = (pid_tgid >> 32) as u32;
+    let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
+    let stack = if depth > 0 {
+        creation_stack(ctx, sc, pid, depth)
+    } else {
+        NO_STACK
+    };
+    let ev = GoroutineEvent {
         kind: EVENT_CREATE,
-        pid: (pid_tgid >> 32) as u32,
+        pid,
         tid: pid_tgid as u32,
-        stack_id,
+        _pad: 0,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
+        stack,
         goid,
         parent_goid,
         gopc,
         startpc,
-    });
-    entry.submit(flags);
-    count(counter::CREATE_SENT);
-    Ok(())
+    };
+    send(&ev, counter::CREATE_SENT, &mut sc.events);
+}
+
+/// One step of FxHash: cheap, and good enough to tell stacks apart once
+/// finished with `fmix64`.
+#[inline(always)]
+fn mix(h: u64, v: u64) -> u64 {
+    (h.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+/// MurmurHash3's finalizer.
+#[inline(always)]
+fn fmix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Loads stack memory at `addr` into the window: `STACK_WINDOW` bytes, or
+/// just one frame record if that runs off the mapping. Returns the bytes
+/// loaded (0 on failure).
+#[inline(always)]
+fn load_window(sc: &mut Scratch, addr: u64) -> u64 {
+    if read_user(sc.window.as_mut_ptr(), STACK_WINDOW, addr) {
+        STACK_WINDOW as u64
+    } else if read_user(sc.window.as_mut_ptr(), 16, addr) {
+        16
+    } else {
+        0
+    }
+}
+
+/// Walks the user stack at a RET of runtime.newproc1 and returns its key in
+/// `STACKS`, storing it there if new; `NO_STACK` if the map is full.
+///
+/// At a RET, RIP is the RET itself, the caller's return address is at
+/// [RSP] and RBP already holds the caller's frame pointer, so the walk
+/// starts from there. Go keeps frame pointers on amd64 and chains them
+/// across systemstack, so [RBP] is the next frame pointer and [RBP+8] its
+/// return address; the outermost frame (runtime.goexit) saves 0.
+#[inline(always)]
+fn creation_stack(ctx: &ProbeContext, sc: &mut Scratch, pid: u32, depth: u32) -> u64 {
+    let regs = unsafe { &*ctx.regs };
+    sc.stack.pid = pid;
+    sc.stack.pcs[0] = regs.rip;
+    let mut h = mix(pid as u64, regs.rip);
+    let mut len = 1usize;
+    let mut base = regs.rsp;
+    let mut have = if depth > 1 { load_window(sc, base) } else { 0 };
+    if have >= 8 {
+        let ret = unsafe { *(sc.window.as_ptr() as *const u64) };
+        sc.stack.pcs[1] = ret;
+        h = mix(h, ret);
+        len = 2;
+    }
+    let mut fp = regs.rbp;
+    for _ in 2..MAX_STACK_DEPTH {
+        if len < 2 || len >= MAX_STACK_DEPTH || len as u32 >= depth || fp == 0 || fp & 7 != 0 {
+            break;
+        }
+        let mut at = fp.wrapping_sub(base);
+        if at + 16 > have {
+            have = load_window(sc, fp);
+            if have == 0 {
+                break;
+            }
+            base = fp;
+            at = 0;
+        }
+        if at > (STACK_WINDOW - 16) as u64 {
+            break;
+        }
+        let (next, ret) = unsafe {
+            let p = sc.window.as_ptr().add(at as usize) as *const u64;
+            (*p, *p.add(1))
+        };
+        if ret == 0 {
+            break;
+        }
+        sc.stack.pcs[len] = ret;
+        h = mix(h, ret);
+        len += 1;
+        fp = next;
+    }
+    sc.stack.len = len as u32;
+    let key = fmix64(mix(h, len as u64)) | 1;
+    if STACKS.get_ptr(key).is_some() {
+        return key;
+    }
+    match STACKS.insert(key, &sc.stack, BPF_NOEXIST as u64) {
+        Ok(()) => key,
+        // Another CPU stored the same stack first.
+        Err(EEXIST) => key,
+        Err(_) => {
+            count(counter::STACK_FAILED);
+            NO_STACK
+        }
+    }
 }
 
 #[uprobe]
 pub fn goexit1(ctx: ProbeContext) -> u32 {
-    let _ = try_goexit1(&ctx);
+    if let Some(off) = offsets(&ctx)
+        && let Some(sc) = claim()
+    {
+        goexit1_event(&ctx, off, sc);
+        release(sc);
+    }
     0
 }
 
-fn try_goexit1(ctx: &ProbeContext) -> Result<(), ()> {
-    let off = offsets(ctx).ok_or(())?;
+fn goexit1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     let g = unsafe { (*ctx.regs).r14 };
-    let Ok(goid) = read_u64(g, off.goid) else {
+    let Ok(goid) = (unsafe { bpf_probe_read_user((g + off.goid) as *const u64) }) else {
         count(counter::READ_G_FAILED);
-        return Err(());
-    };
-    let flags = submit_flags();
-    let Some(mut entry) = EVENTS.reserve::<GoroutineEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return Err(());
+        return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    entry.write(GoroutineEvent {
+    let ev = GoroutineEvent {
         kind: EVENT_EXIT,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        stack_id: NO_STACK,
+        _pad: 0,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
+        stack: NO_STACK,
         goid,
         parent_goid: 0,
         gopc: 0,
         startpc: 0,
-    });
-    entry.submit(flags);
-    count(counter::EXIT_SENT);
-    Ok(())
+    };
+    send(&ev, counter::EXIT_SENT, &mut sc.events);
 }
 
 /// Does nothing: attached at the same sites, it measures the bare cost of

@@ -12,7 +12,7 @@ use crate::{
     },
     gobin::{self, GoBinary},
     model::Tracker,
-    probes::{self, KernelStacks, Maps, Probes},
+    probes::{self, Maps, Probes},
     process,
 };
 use agent_common::EVENT_CREATE;
@@ -67,7 +67,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     };
 
     raise_memlock_limit();
-    let (mut probes, maps) = Probes::load(cli.stack_depth > 0)?;
+    let (mut probes, maps) = Probes::load(cli.stack_depth as usize)?;
     let placed = probes.attach(&binary, pid)?;
     metrics.uprobes_attached.set(placed as i64);
     let running = match pid {
@@ -149,10 +149,9 @@ fn read_events(
 ) {
     let Maps {
         mut events,
-        stacks,
+        mut stacks,
         mut counters,
     } = maps;
-    let mut stacks = KernelStacks(stacks);
     let mut tracker = Tracker::new(binary, depth);
     let mut log = GmonLog::new(
         BufWriter::with_capacity(64 << 10, std::io::stdout()),
@@ -185,7 +184,7 @@ fn read_events(
         log.flush();
         if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             last_housekeeping = Instant::now();
-            tracker.sweep();
+            tracker.sweep(&mut stacks, &mut Fanout(vec![&mut log, &mut prom]));
             metrics.add_kernel(&counters.deltas());
             metrics.add_stats(&last_stats, &tracker.stats);
             last_stats = tracker.stats;

@@ -5,7 +5,7 @@ use e2e::{Proc, fixture, loaded_bpf_programs, piped, require_root, wait_for};
 use gmon_agent::{
     gobin::GoBinary,
     model::{Goroutine, Sink, Tracker},
-    probes::{KernelStacks, Maps, Probes},
+    probes::{Maps, Probes},
 };
 use std::{
     collections::HashMap,
@@ -41,7 +41,7 @@ fn trace_spawner(rounds: u32, only_pid: bool) -> (Vec<(String, u64)>, Recorder, 
     let mut lines = sp.stdout_lines();
     assert!(lines.next().unwrap().unwrap().starts_with("ready"));
 
-    let (mut probes, maps) = Probes::load(true).unwrap();
+    let (mut probes, maps) = Probes::load(127).unwrap();
     let pid = only_pid.then(|| NonZeroU32::new(sp.pid()).unwrap());
     assert_eq!(
         probes.attach(&bin, pid).unwrap(),
@@ -49,10 +49,9 @@ fn trace_spawner(rounds: u32, only_pid: bool) -> (Vec<(String, u64)>, Recorder, 
     );
     let Maps {
         mut events,
-        stacks,
+        mut stacks,
         counters,
     } = maps;
-    let mut stacks = KernelStacks(stacks);
 
     let mut stdin = sp.stdin();
     writeln!(stdin).unwrap();
@@ -78,7 +77,17 @@ fn trace_spawner(rounds: u32, only_pid: bool) -> (Vec<(String, u64)>, Recorder, 
     assert_eq!(k[agent_common::counter::RINGBUF_FULL as usize], 0);
     assert_eq!(k[agent_common::counter::READ_G_FAILED as usize], 0);
     assert_eq!(k[agent_common::counter::STACK_FAILED as usize], 0);
+    assert_eq!(k[agent_common::counter::SCRATCH_BUSY as usize], 0);
+    // Each distinct creation stack is stored once in the kernel, and
+    // forgotten with its process.
+    let sites: std::collections::HashSet<&str> = reported.iter().map(|(s, _)| s.as_str()).collect();
+    let stored = stacks.stored();
+    assert_eq!(stored, sites.len(), "one stack per go statement");
     drop(stdin);
+    sp.terminate(Duration::from_secs(5)).expect("spawner exits");
+    tracker.sweep(&mut stacks, &mut rec);
+    assert_eq!(stacks.stored(), 0, "stacks left after their process exited");
+    assert_eq!(tracker.processes(), 0);
     drop(probes);
     (reported, rec, tracker)
 }
@@ -129,6 +138,9 @@ fn every_goroutine_is_seen_once_created_and_once_exited_with_its_site() {
         // The creating stack runs from newproc1 out to goexit via the creator.
         let names: Vec<&str> = g.site.stack.iter().map(|f| f.function.as_str()).collect();
         assert_eq!(names.first(), Some(&"runtime.newproc1"), "{names:?}");
+        // At newproc1's RET its caller's return address is at [RSP], below
+        // the frame-pointer chain: the walk must not skip that frame.
+        assert_eq!(names.get(1), Some(&"runtime.newproc.func1"), "{names:?}");
         assert_eq!(names.last(), Some(&"runtime.goexit"), "{names:?}");
         assert!(names.contains(&want_creator), "{names:?}");
         assert_ne!(g.parent_goid, 0);

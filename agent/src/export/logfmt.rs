@@ -4,6 +4,7 @@
 //! (stack.0 is the innermost frame). Exits are logged at DEBUG.
 
 use crate::model::{Goroutine, Sink};
+use rustc_hash::FxHashMap;
 use std::{fmt::Write as _, io::Write, str::FromStr};
 use time::{OffsetDateTime, UtcOffset};
 
@@ -77,10 +78,19 @@ impl Clock {
         }
     }
 
-    fn wall(&self, ktime_ns: u64) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp_nanos(ktime_ns as i128 + self.offset_ns)
+    /// Wall-clock ns since the Unix epoch.
+    fn wall_ns(&self, ktime_ns: u64) -> i128 {
+        ktime_ns as i128 + self.offset_ns
+    }
+
+    fn at(&self, wall_ns: i128) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(wall_ns)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
             .to_offset(self.tz)
+    }
+
+    fn wall(&self, ktime_ns: u64) -> OffsetDateTime {
+        self.at(self.wall_ns(ktime_ns))
     }
 }
 
@@ -150,6 +160,10 @@ pub struct GmonLog<W: Write> {
     level: Level,
     clock: Clock,
     line: String,
+    /// Creation lines differ only in time and goroutine id: the head is
+    /// reused within one millisecond, the stack part per site.
+    created_head: (i128, String),
+    stacks: FxHashMap<u64, String>,
     /// Lines that could not be written (e.g. stdout closed); exported.
     pub write_errors: u64,
 }
@@ -161,18 +175,15 @@ impl<W: Write> GmonLog<W> {
             level,
             clock,
             line: String::with_capacity(512),
+            created_head: (i128::MIN, String::new()),
+            stacks: FxHashMap::default(),
             write_errors: 0,
         }
     }
 
     fn start(&mut self, ktime_ns: u64, level: Level, msg: &str) {
         self.line.clear();
-        self.line.push_str("time=");
-        write_time(&mut self.line, self.clock.wall(ktime_ns));
-        self.line.push_str(" level=");
-        self.line.push_str(level.as_str());
-        self.line.push_str(" msg=");
-        write_value(&mut self.line, msg);
+        write_head(&mut self.line, self.clock.wall(ktime_ns), level, msg);
     }
 
     fn finish(&mut self) {
@@ -198,12 +209,27 @@ impl<W: Write> Sink for GmonLog<W> {
         if self.level > Level::Info {
             return;
         }
-        self.start(g.created_ns, Level::Info, "goroutine is created");
-        let _ = write!(self.line, " goroutine_id={}", g.goid);
-        for (i, f) in g.site.stack.iter().enumerate() {
-            let _ = write!(self.line, " stack.{i}=");
-            write_value(&mut self.line, &f.function);
+        // slog shows milliseconds: one head serves a whole wall-clock ms.
+        let ms = self.clock.wall_ns(g.created_ns).div_euclid(1_000_000);
+        if self.created_head.0 != ms {
+            let head = &mut self.created_head.1;
+            head.clear();
+            let wall = self.clock.at(ms * 1_000_000);
+            write_head(head, wall, Level::Info, "goroutine is created");
+            self.created_head.0 = ms;
         }
+        self.line.clear();
+        self.line.push_str(&self.created_head.1);
+        let _ = write!(self.line, " goroutine_id={}", g.goid);
+        let stack = self.stacks.entry(g.site.id).or_insert_with(|| {
+            let mut s = String::new();
+            for (i, f) in g.site.stack.iter().enumerate() {
+                let _ = write!(s, " stack.{i}=");
+                write_value(&mut s, &f.function);
+            }
+            s
+        });
+        self.line.push_str(stack);
         self.finish();
     }
 
@@ -226,6 +252,20 @@ impl<W: Write> Sink for GmonLog<W> {
         }
         self.finish();
     }
+
+    fn site_gone(&mut self, site_id: u64) {
+        self.stacks.remove(&site_id);
+    }
+}
+
+/// `time=... level=... msg=...`, the start of every slog line.
+fn write_head(out: &mut String, t: OffsetDateTime, level: Level, msg: &str) {
+    out.push_str("time=");
+    write_time(out, t);
+    out.push_str(" level=");
+    out.push_str(level.as_str());
+    out.push_str(" msg=");
+    write_value(out, msg);
 }
 
 #[cfg(test)]
@@ -271,6 +311,44 @@ mod tests {
             String::from_utf8(log.into_inner()).unwrap(),
             "time=2024-03-20T05:10:57.752Z level=INFO msg=\"goroutine is created\" goroutine_id=22 \
              stack.0=runtime.newproc1 stack.1=net/http.(*Server).Serve stack.2=runtime.goexit\n"
+        );
+    }
+
+    #[test]
+    fn cached_heads_and_stacks_give_the_same_lines() {
+        let mut log = GmonLog::new(Vec::new(), Level::Info, Clock::utc());
+        let mut g = goroutine();
+        log.created(&g);
+        g.goid = 23;
+        g.created_ns += 999_999; // 05:10:57.752999: same millisecond
+        log.created(&g);
+        g.goid = 24;
+        g.created_ns += 1; // next millisecond
+        log.created(&g);
+        let out = String::from_utf8(log.into_inner()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        let tail =
+            "stack.0=runtime.newproc1 stack.1=net/http.(*Server).Serve stack.2=runtime.goexit";
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[1].starts_with("time=2024-03-20T05:10:57.752Z "),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[1].ends_with(&format!("goroutine_id=23 {tail}")),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with("time=2024-03-20T05:10:57.753Z "),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[2].ends_with(&format!("goroutine_id=24 {tail}")),
+            "{}",
+            lines[2]
         );
     }
 

@@ -19,4 +19,9 @@ impl Sink for Fanout<'_> {
             s.exited(g, exited_ns);
         }
     }
+    fn site_gone(&mut self, site_id: u64) {
+        for s in self.0.iter_mut() {
+            s.site_gone(site_id);
+        }
+    }
 }

@@ -11,7 +11,8 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use rustc_hash::FxHashMap;
+use std::{net::SocketAddr, sync::Arc};
 
 /// gmon's uptime buckets, in seconds.
 pub const GMON_BUCKETS: [f64; 8] = [1.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0];
@@ -111,13 +112,13 @@ impl Metrics {
             events_lost: counter_vec(
                 &r,
                 "gmon_agent_events_lost_total",
-                "Goroutine events lost, by reason (ringbuf_full, read_g_failed: kernel; malformed: user space)",
+                "Goroutine events lost, by reason (ringbuf_full, read_g_failed, scratch_busy: kernel; malformed: user space)",
                 &["reason"],
             )?,
             stack_failures: counter_vec(
                 &r,
                 "gmon_agent_stack_failures_total",
-                "Creation stacks missing, by reason (kernel: bpf_get_stackid failed; read: stack map lookup failed)",
+                "Creation stacks missing, by reason (kernel: stack map full; read: stack map lookup failed)",
                 &["reason"],
             )?,
             untracked_exits: counter(
@@ -194,6 +195,9 @@ impl Metrics {
         self.events_lost
             .with_label_values(&["read_g_failed"])
             .inc_by(d[counter::READ_G_FAILED as usize]);
+        self.events_lost
+            .with_label_values(&["scratch_busy"])
+            .inc_by(d[counter::SCRATCH_BUSY as usize]);
         self.stack_failures
             .with_label_values(&["kernel"])
             .inc_by(d[counter::STACK_FAILED as usize]);
@@ -239,14 +243,14 @@ struct SiteSeries {
 /// path does no label hashing.
 pub struct PromSink {
     metrics: Arc<Metrics>,
-    sites: HashMap<u64, SiteSeries>,
+    sites: FxHashMap<u64, SiteSeries>,
 }
 
 impl PromSink {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         PromSink {
             metrics,
-            sites: HashMap::new(),
+            sites: FxHashMap::default(),
         }
     }
 
@@ -273,6 +277,12 @@ impl Sink for PromSink {
         s.exit.inc();
         s.uptime
             .observe(exited_ns.saturating_sub(g.created_ns) as f64 / 1e9);
+    }
+
+    fn site_gone(&mut self, site_id: u64) {
+        // The series stay registered (counters are cumulative); only the
+        // cached handles go.
+        self.sites.remove(&site_id);
     }
 }
 

@@ -18,6 +18,11 @@ pub enum Error {
     NoRuntimeG,
     #[error("runtime.g in DWARF has no field {0}")]
     MissingField(&'static str),
+    #[error(
+        "runtime.g's goid, parentGoid, gopc and startpc span more than {} bytes or are not 8-aligned",
+        agent_common::G_WINDOW
+    )]
+    Spread,
 }
 
 /// Fields of runtime.g the probes read, in `GOffsets` order.
@@ -68,12 +73,13 @@ pub fn g_offsets(file: &object::File<'_>) -> Result<GOffsets, Error> {
                 }
             }
             let [goid, parent_goid, gopc, startpc] = found;
-            return Ok(GOffsets {
-                goid: goid.ok_or(Error::MissingField("goid"))?,
-                parent_goid: parent_goid.ok_or(Error::MissingField("parentGoid"))?,
-                gopc: gopc.ok_or(Error::MissingField("gopc"))?,
-                startpc: startpc.ok_or(Error::MissingField("startpc"))?,
-            });
+            let (goid, parent_goid, gopc, startpc) = (
+                goid.ok_or(Error::MissingField("goid"))?,
+                parent_goid.ok_or(Error::MissingField("parentGoid"))?,
+                gopc.ok_or(Error::MissingField("gopc"))?,
+                startpc.ok_or(Error::MissingField("startpc"))?,
+            );
+            return GOffsets::new(goid, parent_goid, gopc, startpc).ok_or(Error::Spread);
         }
     }
     Err(Error::NoRuntimeG)

@@ -11,7 +11,8 @@ use crate::{
     process::{self, ProcessKey},
 };
 use agent_common::{EVENT_CREATE, EVENT_EXIT, GoroutineEvent, NO_STACK};
-use std::{collections::HashMap, sync::Arc};
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
 
 /// Where goroutines come from: the `go` statement and what it started.
 #[derive(Debug)]
@@ -41,11 +42,16 @@ pub struct Goroutine {
 pub trait Sink {
     fn created(&mut self, g: &Goroutine);
     fn exited(&mut self, g: &Goroutine, exited_ns: u64);
+    /// The site's process has exited: drop anything cached for it.
+    fn site_gone(&mut self, _site_id: u64) {}
 }
 
 /// Where user stacks collected by the kernel are read from.
 pub trait StackSource {
-    fn user_stack(&mut self, stack_id: u32) -> Option<Vec<u64>>;
+    /// The PCs of stack `key`, innermost first.
+    fn user_stack(&mut self, key: u64) -> Option<Vec<u64>>;
+    /// Called once the stack's process has exited: the key is unused.
+    fn forget(&mut self, key: u64);
 }
 
 /// Counts of anomalies, all exported as self-metrics.
@@ -69,7 +75,7 @@ struct Proc {
     key: Option<ProcessKey>,
     bias: Option<u64>,
     live: HashMap<u64, Goroutine>,
-    sites: HashMap<(i32, u64, u64), Arc<Site>>,
+    sites: HashMap<(u64, u64, u64), Arc<Site>>,
 }
 
 /// The goroutine table for the processes of one binary.
@@ -87,7 +93,7 @@ impl Tracker {
         Tracker {
             binary,
             depth,
-            procs: HashMap::new(),
+            procs: HashMap::default(),
             next_site: 0,
             stats: Stats::default(),
         }
@@ -132,8 +138,8 @@ impl Tracker {
             Proc {
                 key: ProcessKey::of(pid),
                 bias,
-                live: HashMap::new(),
-                sites: HashMap::new(),
+                live: HashMap::default(),
+                sites: HashMap::default(),
             }
         })
     }
@@ -144,7 +150,7 @@ impl Tracker {
         stacks: &mut dyn StackSource,
         sink: &mut dyn Sink,
     ) {
-        let site_key = (ev.stack_id, ev.gopc, ev.startpc);
+        let site_key = (ev.stack, ev.gopc, ev.startpc);
         // Common case: a known site, one process lookup. A new site is
         // resolved first (that needs &mut self), then cached.
         let site = match self.proc(ev.pid).sites.get(&site_key) {
@@ -195,8 +201,8 @@ impl Tracker {
         };
         let mut stats = self.stats;
         let mut stack = Vec::new();
-        if ev.stack_id != NO_STACK {
-            match stacks.user_stack(ev.stack_id as u32) {
+        if ev.stack != NO_STACK {
+            match stacks.user_stack(ev.stack) {
                 Some(pcs) => {
                     for (i, &pc) in pcs.iter().take(self.depth).enumerate() {
                         // Frames past the first are return addresses: look up
@@ -221,13 +227,20 @@ impl Tracker {
         }
     }
 
-    /// Forgets processes that have exited; returns the goroutines dropped.
-    pub fn sweep(&mut self) -> u64 {
+    /// Forgets processes that have exited, their kernel-side stacks and
+    /// what sinks cached for their sites; returns the goroutines dropped.
+    pub fn sweep(&mut self, stacks: &mut dyn StackSource, sink: &mut dyn Sink) -> u64 {
         let mut dropped = 0;
         self.procs.retain(|_, p| {
             let alive = p.key.is_some_and(|k| k.alive());
             if !alive {
                 dropped += p.live.len() as u64;
+                for (&(stack, _, _), site) in &p.sites {
+                    if stack != NO_STACK {
+                        stacks.forget(stack);
+                    }
+                    sink.site_gone(site.id);
+                }
             }
             alive
         });

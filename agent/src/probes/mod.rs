@@ -7,10 +7,10 @@ mod ringbuf;
 pub use ringbuf::EventReader;
 
 use crate::gobin::GoBinary;
-use agent_common::{GOffsets, MAX_BINARIES, counter};
+use agent_common::{GOffsets, MAX_BINARIES, MAX_STACK_DEPTH, UserStack, counter};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -66,16 +66,17 @@ pub struct Probes {
 /// Handles that let the event reader and the counters live elsewhere.
 pub struct Maps {
     pub events: EventReader,
-    pub stacks: StackTraceMap<MapData>,
+    pub stacks: KernelStacks,
     pub counters: KernelCounters,
 }
 
 impl Probes {
-    /// Loads the programs. `collect_stacks` turns on user stack collection.
-    pub fn load(collect_stacks: bool) -> Result<(Self, Maps), Error> {
-        let flag: u32 = collect_stacks.into();
+    /// Loads the programs. The kernel collects up to `stack_depth` frames
+    /// of each creating user stack (0: none; capped at `MAX_STACK_DEPTH`).
+    pub fn load(stack_depth: usize) -> Result<(Self, Maps), Error> {
+        let depth = stack_depth.min(MAX_STACK_DEPTH) as u32;
         let mut ebpf = EbpfLoader::new()
-            .override_global("COLLECT_STACKS", &flag, true)
+            .override_global("STACK_DEPTH", &depth, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_eperm(&e) {
@@ -108,7 +109,7 @@ impl Probes {
                 .ok_or_else(|| Error::Map(name, "missing".into()))
         };
         let events = EventReader::new(take(&mut ebpf, "EVENTS")?)?;
-        let stacks = StackTraceMap::try_from(take(&mut ebpf, "STACKS")?)
+        let stacks = HashMap::try_from(take(&mut ebpf, "STACKS")?)
             .map_err(|e| Error::Map("STACKS", e.to_string()))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
             .map_err(|e| Error::Map("COUNTERS", e.to_string()))?;
@@ -122,7 +123,7 @@ impl Probes {
             },
             Maps {
                 events,
-                stacks,
+                stacks: KernelStacks(stacks),
                 counters: KernelCounters {
                     map: counters,
                     last: [0; counter::COUNT as usize],
@@ -196,12 +197,24 @@ impl Probes {
 }
 
 /// User stacks collected by the kernel, read from the `STACKS` map.
-pub struct KernelStacks(pub StackTraceMap<MapData>);
+pub struct KernelStacks(HashMap<MapData, u64, UserStack>);
+
+impl KernelStacks {
+    /// Stacks currently stored (walks the map: for tests and diagnostics).
+    pub fn stored(&self) -> usize {
+        self.0.keys().filter(|k| k.is_ok()).count()
+    }
+}
 
 impl crate::model::StackSource for KernelStacks {
-    fn user_stack(&mut self, stack_id: u32) -> Option<Vec<u64>> {
-        let st = self.0.get(&stack_id, 0).ok()?;
-        Some(st.frames().iter().map(|f| f.ip).collect())
+    fn user_stack(&mut self, key: u64) -> Option<Vec<u64>> {
+        let st = self.0.get(&key, 0).ok()?;
+        Some(st.pcs().to_vec())
+    }
+
+    fn forget(&mut self, key: u64) {
+        // Already gone is fine: nothing else deletes entries.
+        let _ = self.0.remove(&key);
     }
 }
 
