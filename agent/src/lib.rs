@@ -11,4 +11,5 @@ pub mod model;
 pub mod probes;
 pub mod process;
 pub mod run;
+pub mod selfprof;
 pub mod telemetry;

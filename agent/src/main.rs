@@ -1,8 +1,23 @@
 use gmon_agent::{cli::Cli, run, telemetry};
 
+// jemalloc, so that `-pprof` can serve heap profiles. Sampling is compiled
+// in but stays inactive unless -pprof is given.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "malloc_conf")]
+pub static malloc_conf: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from_env();
-    telemetry::init(cli.level);
+    let _trace = match telemetry::init(cli.level, cli.trace.as_deref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("gmon-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match run::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -13,7 +13,7 @@ use crate::{
     gobin::{self, GoBinary},
     model::Tracker,
     probes::{self, Maps, Probes},
-    process,
+    process, selfprof,
 };
 use agent_common::EVENT_CREATE;
 use std::{
@@ -37,6 +37,8 @@ pub enum Error {
     Probes(#[from] probes::Error),
     #[error(transparent)]
     Metrics(#[from] prom::Error),
+    #[error(transparent)]
+    Pprof(#[from] selfprof::Error),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -48,7 +50,10 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 pub fn run(cli: Cli) -> Result<(), Error> {
     let clock = Clock::new();
-    let binary = Arc::new(GoBinary::analyse(&cli.path)?);
+    let binary = {
+        let _span = tracing::debug_span!("analyse").entered();
+        Arc::new(GoBinary::analyse(&cli.path)?)
+    };
     let pid = NonZeroU32::new(cli.pid);
     if let Some(pid) = pid {
         process::check_runs(pid.get(), binary.id)?;
@@ -65,10 +70,27 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     } else {
         None
     };
+    let pprof = if cli.pprof != 0 {
+        let addr = SocketAddr::new(cli.metrics_address, cli.pprof);
+        let l = rt.block_on(selfprof::bind(addr))?;
+        if !selfprof::start_heap_sampling() {
+            tracing::warn!("heap profiles unavailable: not running on jemalloc with profiling");
+        }
+        tracing::info!(%addr, "serving the agent's profiles at /debug/pprof/");
+        Some(l)
+    } else {
+        None
+    };
 
     raise_memlock_limit();
-    let (mut probes, maps) = Probes::load(cli.stack_depth as usize)?;
-    let placed = probes.attach(&binary, pid)?;
+    let (mut probes, maps) = {
+        let _span = tracing::debug_span!("load").entered();
+        Probes::load(cli.stack_depth as usize)?
+    };
+    let placed = {
+        let _span = tracing::debug_span!("attach").entered();
+        probes.attach(&binary, pid)?
+    };
     metrics.uprobes_attached.set(placed as i64);
     let running = match pid {
         Some(p) => vec![p.get()],
@@ -94,16 +116,19 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 
     rt.block_on(async {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let server = listener.map(|l| {
-            let mut rx = rx.clone();
-            tokio::spawn(prom::serve(l, metrics.clone(), async move {
-                let _ = rx.changed().await;
-            }))
-        });
+        let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.changed().await;
+        };
+        let server =
+            listener.map(|l| tokio::spawn(prom::serve(l, metrics.clone(), shutdown(rx.clone()))));
+        let pprof_server = pprof.map(|l| tokio::spawn(selfprof::serve(l, shutdown(rx.clone()))));
         wait_for_signal().await;
         tracing::info!("stopping");
         let _ = tx.send(true);
         if let Some(s) = server {
+            let _ = s.await;
+        }
+        if let Some(s) = pprof_server {
             let _ = s.await;
         }
     });
@@ -171,19 +196,22 @@ fn read_events(
         }
         let mut malformed = 0;
         {
+            let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
             let mut sink = Fanout(vec![&mut log, &mut prom]);
-            events.drain(|ev| match ev {
+            let n = events.drain(|ev| match ev {
                 Ok(ev) => {
                     metrics.received(ev.kind == EVENT_CREATE);
                     tracker.on_event(&ev, &mut stacks, &mut sink);
                 }
                 Err(_) => malformed += 1,
             });
+            span.record("events", n);
         }
         metrics.malformed(malformed);
         log.flush();
         if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             last_housekeeping = Instant::now();
+            let _span = tracing::trace_span!("housekeeping").entered();
             tracker.sweep(&mut stacks, &mut Fanout(vec![&mut log, &mut prom]));
             metrics.add_kernel(&counters.deltas());
             metrics.add_stats(&last_stats, &tracker.stats);

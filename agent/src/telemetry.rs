@@ -1,9 +1,24 @@
 //! The agent's own diagnostics: tracing to stderr, so that stdout carries
-//! only gmon-format goroutine lines.
+//! only gmon-format goroutine lines, and with `-trace FILE` a Chrome trace
+//! (JSON, opens in Perfetto or chrome://tracing) of the agent's own spans.
 
 use crate::export::logfmt::Level;
+use std::path::Path;
+use tracing_subscriber::{Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
 
-pub fn init(level: Level) {
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the -trace file {path}: {source}")]
+    TraceFile {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Keeps the trace file open; dropping it writes the closing bracket.
+pub struct TraceGuard(#[allow(dead_code)] Option<tracing_chrome::FlushGuard>);
+
+pub fn init(level: Level, trace: Option<&Path>) -> Result<TraceGuard, Error> {
     let filter = match level {
         Level::Debug => "warn,gmon_agent=debug",
         Level::Info => "warn,gmon_agent=info",
@@ -13,10 +28,31 @@ pub fn init(level: Level) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("GMON_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    let (chrome, guard) = match trace {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|source| Error::TraceFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let (layer, guard) = tracing_chrome::ChromeLayerBuilder::new()
+                .writer(std::io::BufWriter::new(file))
+                .include_args(true)
+                .build();
+            // Every span and event of the agent, whatever the log level.
+            let layer =
+                layer.with_filter(Targets::new().with_target("gmon_agent", tracing::Level::TRACE));
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(chrome)
         .init();
+    Ok(TraceGuard(guard))
 }

@@ -2,13 +2,12 @@
 //! fixture, attach, send 3 requests, then check the log lines and /metrics
 //! (parsed with a Prometheus text-format parser).
 
-use e2e::{Proc, fixture, free_port, http_get, loaded_bpf_programs, require_root, wait_for};
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
+use e2e::{
+    fixture, free_port,
+    gmon::{check_creation_lines, check_gmon_metrics, http_fixture, start_agent},
+    http_get, loaded_bpf_programs, require_root,
 };
+use std::{process::Command, time::Duration};
 
 fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
@@ -19,111 +18,26 @@ fn http_fixture_like_gmons_e2e() {
     if !require_root("e2e test") {
         return;
     }
-    let app_port = free_port();
-    let _app = Proc::spawn(
-        Command::new(fixture("httpserver"))
-            .arg(format!("-addr=127.0.0.1:{app_port}"))
-            .stdout(Stdio::null()),
-    );
-    wait_for(Duration::from_secs(5), || http_get(app_port, "/").ok()).expect("fixture up");
-
+    let (_app, app_port) = http_fixture();
     let metrics_port = free_port();
-    let mut agent = Proc::spawn(
-        agent()
-            .args(["-path"])
-            .arg(fixture("httpserver"))
-            .args(["-metrics", &metrics_port.to_string(), "-level", "DEBUG"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    );
-    let (tx, rx) = mpsc::channel::<String>();
-    let stdout = agent.child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let stderr = BufReader::new(agent.child.stderr.take().unwrap());
-    let (etx, erx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for l in stderr.lines().map_while(Result::ok) {
-            let _ = etx.send(l);
-        }
-    });
-    // Wait until the agent says it is attached.
-    loop {
-        let l = erx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("agent attached");
-        if l.contains("attached") {
-            break;
-        }
-    }
-
+    let mut agent = start_agent(agent().args(["-path"]).arg(fixture("httpserver")).args([
+        "-metrics",
+        &metrics_port.to_string(),
+        "-level",
+        "DEBUG",
+    ]));
     for _ in 0..3 {
         let (status, body) = http_get(app_port, "/get/200").unwrap();
         assert_eq!((status, body.trim()), (200, "ok"));
     }
-
     // gmon's check: more than 3 valid "goroutine is created" lines.
-    let mut valid = 0;
-    let mut lines = Vec::new();
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
-        lines.push(l);
-    }
-    for text in &lines {
-        if !text.contains("msg=\"goroutine is created\"") {
-            continue;
-        }
-        let id: i64 = text
-            .split(' ')
-            .find_map(|kv| kv.strip_prefix("goroutine_id="))
-            .expect("goroutine_id")
-            .parse()
-            .expect("integer goroutine_id");
-        assert!(id > 0, "{text}");
-        let frames: Vec<&str> = text
-            .split(' ')
-            .filter(|kv| kv.starts_with("stack."))
-            .map(|kv| kv.split_once('=').unwrap().1)
-            .collect();
-        assert!(!frames.is_empty(), "no stack in {text}");
-        assert!(frames.iter().all(|f| !f.is_empty()), "{text}");
-        valid += 1;
-    }
+    let lines = agent.stdout_until_quiet(Duration::from_secs(2));
+    let valid = check_creation_lines(&lines);
     assert!(valid > 3, "only {valid} valid lines in {lines:#?}");
 
     let (status, body) = http_get(metrics_port, "/metrics").unwrap();
     assert_eq!(status, 200);
-    let scrape =
-        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parse");
-    let stack_labels = ["stack_0", "stack_1", "stack_2", "stack_3", "stack_4"];
-    let mut serving_stack = false;
-    for family in [
-        "gmon_goroutine_creation",
-        "gmon_goroutine_exit",
-        "gmon_goroutine_uptime",
-    ] {
-        let samples: Vec<_> = scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == family)
-            .collect();
-        assert!(!samples.is_empty(), "{family} missing from\n{body}");
-        for s in samples {
-            let mut names: Vec<&str> = s.labels.keys().map(String::as_str).collect();
-            names.sort();
-            assert_eq!(names, stack_labels, "{family} labels");
-            for (k, v) in s.labels.iter() {
-                assert!(!v.is_empty() && v != "none", "{family} {k}={v:?}\n{body}");
-                serving_stack |= v == "net/http.(*conn).serve";
-            }
-        }
-    }
-    assert!(
-        serving_stack,
-        "no series with the HTTP serving stack:\n{body}"
-    );
+    let scrape = check_gmon_metrics(&body);
     // Self-metrics: nothing lost.
     for s in scrape
         .samples
@@ -138,6 +52,7 @@ fn http_fixture_like_gmons_e2e() {
 
     // SIGTERM: clean exit, programs unloaded.
     let status = agent
+        .proc
         .terminate(Duration::from_secs(10))
         .expect("agent exits on SIGTERM");
     assert!(status.success(), "{status:?}");

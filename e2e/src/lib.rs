@@ -1,6 +1,8 @@
 //! Support for gmon-agent's end-to-end tests and benchmarks: locating the
 //! fixtures, running processes that are killed when dropped, plain HTTP.
 
+pub mod gmon;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,

@@ -33,7 +33,9 @@ pub struct Metrics {
     creation: IntCounterVec,
     exit: IntCounterVec,
     uptime: HistogramVec,
-    events_received: IntCounterVec,
+    /// events_received_total{kind="create"} and {kind="exit"}, resolved
+    /// once: the hot path must not hash labels.
+    received: [IntCounter; 2],
     kernel_events: IntCounterVec,
     events_lost: IntCounterVec,
     stack_failures: IntCounterVec,
@@ -93,16 +95,17 @@ impl Metrics {
             &STACK_LABELS,
         )?;
         r.register(Box::new(uptime.clone()))?;
+        let events_received = counter_vec(
+            &r,
+            "gmon_agent_events_received_total",
+            "Goroutine events read from the kernel ring buffer, by kind",
+            &["kind"],
+        )?;
         let m = Metrics {
             creation,
             exit,
             uptime,
-            events_received: counter_vec(
-                &r,
-                "gmon_agent_events_received_total",
-                "Goroutine events read from the kernel ring buffer, by kind",
-                &["kind"],
-            )?,
+            received: ["create", "exit"].map(|k| events_received.with_label_values(&[k])),
             kernel_events: counter_vec(
                 &r,
                 "gmon_agent_kernel_events_sent_total",
@@ -172,9 +175,7 @@ impl Metrics {
     }
 
     pub fn received(&self, create: bool) {
-        self.events_received
-            .with_label_values(&[if create { "create" } else { "exit" }])
-            .inc();
+        self.received[usize::from(!create)].inc();
     }
 
     pub fn malformed(&self, n: u64) {
