@@ -56,5 +56,6 @@ fi
 
 # --- Go fixtures ------------------------------------------------------------
 root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/fetch-go.sh"
 "$root/scripts/build-fixtures.sh"
 log "ready"

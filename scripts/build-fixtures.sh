@@ -24,5 +24,18 @@ build() { # go name pkg [flags...]
 for p in httpserver spawner churn; do
   build $GO123 $p $p
 done
+# The shapes production binaries come in: stripped (no symbols, no DWARF),
+# PIE, both, and cgo (external linker, dynamic libc), then newer releases.
+strip='-ldflags=-s -w'
+build $GO123 spawner-stripped spawner "$strip"
+build $GO123 spawner-pie spawner -buildmode=pie
+build $GO123 spawner-pie-stripped spawner -buildmode=pie "$strip"
+CGO_ENABLED=1 build $GO123 spawner-cgo spawner
+CGO_ENABLED=1 build $GO123 spawner-cgo-pie-stripped spawner -buildmode=pie "$strip"
+for r in 1.24 1.26; do
+  go=/var/cache/gmon-agent/go/$r/usr/lib/go-$r/bin/go
+  build "$go" "spawner-go$r" spawner
+  build "$go" "spawner-go$r-pie-stripped" spawner -buildmode=pie "$strip"
+done
 # A Go release older than 1.23, which the agent must refuse.
 build $GO119 spawner-go1.19 spawner

@@ -35,8 +35,12 @@ impl Sink for Recorder {
 
 /// Runs the spawner for `rounds` under the probes; returns the fixture's
 /// own (site, goid) lines, what the tracker saw, and its stats.
-fn trace_spawner(rounds: u32, only_pid: bool) -> (Vec<(String, u64)>, Recorder, Tracker) {
-    let bin = Arc::new(GoBinary::analyse(&fixture("spawner")).unwrap());
+fn trace_spawner(
+    name: &str,
+    rounds: u32,
+    only_pid: bool,
+) -> (Vec<(String, u64)>, Recorder, Tracker) {
+    let bin = Arc::new(GoBinary::analyse(&fixture(name)).unwrap());
     let mut sp = Proc::spawn(piped(&bin.path).arg(format!("-rounds={rounds}")));
     let mut lines = sp.stdout_lines();
     assert!(lines.next().unwrap().unwrap().starts_with("ready"));
@@ -98,9 +102,14 @@ fn every_goroutine_is_seen_once_created_and_once_exited_with_its_site() {
         return;
     }
     let _g = SERIAL.lock().unwrap();
-    let (reported, rec, tracker) = trace_spawner(25, false);
+    let (reported, rec, tracker) = trace_spawner("spawner", 25, false);
     assert_eq!(reported.len(), 100);
+    check_seen(&reported, &rec, &tracker);
+}
 
+/// Every goroutine the spawner reported was created and exited exactly once,
+/// with the right start function, creator and a symbolized stack.
+fn check_seen(reported: &[(String, u64)], rec: &Recorder, tracker: &Tracker) {
     let mut created: HashMap<u64, &Goroutine> = HashMap::new();
     for g in &rec.created {
         assert!(
@@ -118,7 +127,7 @@ fn every_goroutine_is_seen_once_created_and_once_exited_with_its_site() {
         );
         assert!(*at >= g.created_ns);
     }
-    for (site, goid) in &reported {
+    for (site, goid) in reported {
         let g = created
             .get(goid)
             .unwrap_or_else(|| panic!("goroutine {goid} ({site}) not seen at creation"));
@@ -135,6 +144,15 @@ fn every_goroutine_is_seen_once_created_and_once_exited_with_its_site() {
             "main.main"
         };
         assert_eq!(creator, want_creator, "creator of {site}");
+        // file:line come from .gopclntab, stripped or not.
+        let cf = g.site.creator.as_ref().unwrap();
+        assert!(
+            cf.file
+                .as_deref()
+                .is_some_and(|f| f.ends_with("spawner/main.go"))
+                && cf.line.is_some_and(|l| l > 0),
+            "{cf:?}"
+        );
         // The creating stack runs from newproc1 out to goexit via the creator.
         let names: Vec<&str> = g.site.stack.iter().map(|f| f.function.as_str()).collect();
         assert_eq!(names.first(), Some(&"runtime.newproc1"), "{names:?}");
@@ -150,6 +168,30 @@ fn every_goroutine_is_seen_once_created_and_once_exited_with_its_site() {
 }
 
 #[test]
+fn stripped_pie_cgo_and_newer_go_binaries_are_traced_alike() {
+    if !require_root("attach test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap();
+    for name in [
+        "spawner-stripped",
+        "spawner-pie",
+        "spawner-pie-stripped",
+        "spawner-cgo",
+        "spawner-cgo-pie-stripped",
+        "spawner-go1.24",
+        "spawner-go1.24-pie-stripped",
+        "spawner-go1.26",
+        "spawner-go1.26-pie-stripped",
+    ] {
+        let (reported, rec, tracker) = trace_spawner(name, 3, false);
+        assert_eq!(reported.len(), 12, "{name}");
+        eprintln!("{name}: {} goroutines seen", rec.created.len());
+        check_seen(&reported, &rec, &tracker);
+    }
+}
+
+#[test]
 fn pid_scope_ignores_other_processes_of_the_same_binary() {
     if !require_root("attach test") {
         return;
@@ -161,7 +203,7 @@ fn pid_scope_ignores_other_processes_of_the_same_binary() {
     let mut other_lines = other.stdout_lines();
     other_lines.next();
     writeln!(other_in).unwrap();
-    let (reported, rec, _) = trace_spawner(3, true);
+    let (reported, rec, _) = trace_spawner("spawner", 3, true);
     assert_eq!(reported.len(), 12);
     let pids: std::collections::HashSet<u32> = rec.created.iter().map(|g| g.pid).collect();
     assert_eq!(pids.len(), 1, "events from more than one process: {pids:?}");
@@ -174,7 +216,7 @@ fn dropping_the_probes_leaves_nothing_loaded() {
         return;
     }
     let _g = SERIAL.lock().unwrap();
-    let _ = trace_spawner(1, false);
+    let _ = trace_spawner("spawner", 1, false);
     let names = loaded_bpf_programs();
     assert!(
         !names.iter().any(|n| n == "newproc1_ret" || n == "goexit1"),

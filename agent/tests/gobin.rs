@@ -122,3 +122,104 @@ fn truncated_binaries_fail_cleanly() {
         assert!(GoBinary::analyse(f.path()).is_err(), "truncated to {len}");
     }
 }
+
+/// Every shape the bootstrap builds the spawner in.
+const SHAPES: [&str; 10] = [
+    "spawner",
+    "spawner-stripped",
+    "spawner-pie",
+    "spawner-pie-stripped",
+    "spawner-cgo",
+    "spawner-cgo-pie-stripped",
+    "spawner-go1.24",
+    "spawner-go1.24-pie-stripped",
+    "spawner-go1.26",
+    "spawner-go1.26-pie-stripped",
+];
+
+#[test]
+fn analyses_stripped_pie_cgo_and_newer_releases_alike() {
+    use gmon_agent::gobin::{OffsetsSource, table};
+    for name in SHAPES {
+        let bin = GoBinary::analyse(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let stripped = name.contains("stripped");
+        assert_eq!(bin.pie, name.contains("pie"), "{name}");
+        assert_eq!(
+            matches!(bin.offsets_source, OffsetsSource::Table { .. }),
+            stripped,
+            "{name}: {}",
+            bin.offsets_source
+        );
+        // Whatever the source, the offsets are the release's.
+        let row = table::lookup(bin.build.version).expect("release in the table");
+        assert_eq!(bin.offsets, row.offsets, "{name}");
+        assert!(
+            bin.build_id.as_deref().is_some_and(|id| !id.is_empty()),
+            "{name}"
+        );
+        let data = std::fs::read(&bin.path).unwrap();
+        assert!(!bin.newproc1_rets.is_empty(), "{name}");
+        for &off in &bin.newproc1_rets {
+            assert_eq!(data[off as usize], 0xc3, "{name}: {off:#x} is not a RET");
+        }
+        // Symbols come from .gopclntab, so stripped binaries name functions
+        // and lines exactly like the others.
+        for func in ["main.shortWorker", "main.nestedParent", "runtime.goexit1"] {
+            let entry = bin
+                .function_entry(func)
+                .unwrap_or_else(|| panic!("{name}: no {func}"));
+            let f = bin.symbolize(entry + 1).unwrap();
+            assert_eq!(f.function, func, "{name}");
+            assert!(f.line.unwrap_or(0) > 0, "{name}: {func} has no line");
+            if func.starts_with("main.") {
+                assert!(f.file.unwrap().ends_with("spawner/main.go"), "{name}");
+            }
+        }
+        assert_eq!(
+            bin.file_offset(bin.function_entry("runtime.goexit1").unwrap())
+                .unwrap(),
+            bin.goexit1
+        );
+    }
+}
+
+#[test]
+fn offsets_table_matches_the_dwarf_of_every_release_built_here() {
+    use gmon_agent::gobin::table;
+    for name in ["spawner", "spawner-go1.24", "spawner-go1.26"] {
+        let (build, offsets) = GoBinary::dwarf_offsets(&fixture(name)).unwrap();
+        let row = table::lookup(build.version).unwrap_or_else(|| {
+            panic!(
+                "{} missing: run scripts/gen-offsets.sh",
+                build.version_string
+            )
+        });
+        assert_eq!(
+            row.offsets, offsets,
+            "stale table row for {}",
+            build.version_string
+        );
+    }
+}
+
+#[test]
+fn refuses_a_stripped_binary_of_a_release_the_table_lacks() {
+    // The stripped spawner relabelled as go1.25.5 (same length) in a copy.
+    let mut data = std::fs::read(fixture("spawner-stripped")).unwrap();
+    let mut found = 0;
+    while let Some(at) = data.windows(8).position(|w| w == b"go1.23.5") {
+        data[at..at + 8].copy_from_slice(b"go1.25.5");
+        found += 1;
+    }
+    assert!(found > 0, "no version string to relabel");
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(&data).unwrap();
+    let err = GoBinary::analyse(f.path()).unwrap_err();
+    assert!(matches!(err, Error::UnknownRelease { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("go1.25.5") && msg.contains("1.23, 1.24, 1.26"),
+        "{msg}"
+    );
+    assert!(msg.contains("scripts/gen-offsets.sh"), "{msg}");
+}

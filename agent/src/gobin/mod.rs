@@ -6,6 +6,7 @@ pub mod buildinfo;
 pub mod dwarf;
 pub mod pclntab;
 pub mod ret;
+pub mod table;
 
 use agent_common::GOffsets;
 use memmap2::Mmap;
@@ -51,10 +52,106 @@ pub enum Error {
     NoRet { path: PathBuf, symbol: &'static str },
     #[error("{0}: address {1:#x} is not in any loadable segment")]
     Unmapped(PathBuf, u64),
-    #[error(
-        "{0}: cannot read runtime.g field offsets: {1}; build it without -w (stripped binaries are not supported yet)"
-    )]
+    #[error("{0}: cannot read runtime.g field offsets from DWARF: {1}")]
     Offsets(PathBuf, dwarf::Error),
+    #[error(
+        "{path} has no DWARF and was built with {found}, which gmon-agent's offsets table does not cover (it has {known}); rebuild without -w, or add the release with scripts/gen-offsets.sh"
+    )]
+    UnknownRelease {
+        path: PathBuf,
+        found: String,
+        known: String,
+    },
+}
+
+/// Where a binary's runtime.g offsets came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OffsetsSource {
+    /// The binary's own DWARF.
+    Dwarf,
+    /// The offsets table row generated from this toolchain's DWARF.
+    Table { built_with: String },
+}
+
+impl std::fmt::Display for OffsetsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OffsetsSource::Dwarf => f.write_str("dwarf"),
+            OffsetsSource::Table { built_with } => write!(f, "table({built_with})"),
+        }
+    }
+}
+
+/// Link-time address of the start of Go's text, for a `.gopclntab` whose
+/// header leaves it to a dynamic relocation (PIE). Stripped binaries have no
+/// runtime.text symbol, and with cgo `.text` starts with C code, so the
+/// relocation of the header field itself is the reliable source.
+fn text_start(file: &object::File<'_>, pclntab_vaddr: u64) -> u64 {
+    let field = pclntab_vaddr + 8 + 2 * 8;
+    if let Some(mut relocs) = file.dynamic_relocations()
+        && let Some((_, r)) = relocs.find(|(off, _)| *off == field)
+    {
+        return r.addend() as u64;
+    }
+    file.symbols()
+        .find(|s| s.name() == Ok("runtime.text"))
+        .map(|s| s.address())
+        .or_else(|| file.section_by_name(".text").map(|s| s.address()))
+        .unwrap_or(0)
+}
+
+/// The `.gopclntab` as (file range, link-time address). Internally linked
+/// binaries keep it in its own section; the external (cgo) linker merges it
+/// into `.data.rel.ro`, and without symbols it is found by its header: the
+/// Go 1.18+ magic, two zero bytes, PC quantum 1 and pointer size 8.
+fn find_pclntab(file: &object::File<'_>) -> Option<((u64, u64), u64)> {
+    for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
+        if let Some(s) = file.section_by_name(name)
+            && let Some(range) = s.file_range()
+        {
+            return Some((range, s.address()));
+        }
+    }
+    if let Some(sym) = file.symbols().find(|s| s.name() == Ok("runtime.pclntab")) {
+        let sect = file.section_by_index(sym.section_index()?).ok()?;
+        let (off, size) = sect.file_range()?;
+        let start = sym.address() - sect.address();
+        return Some(((off + start, size - start), sym.address()));
+    }
+    const HEADERS: [[u8; 8]; 2] = [
+        [0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8],
+        [0xf0, 0xff, 0xff, 0xff, 0, 0, 1, 8],
+    ];
+    for name in [".data.rel.ro", ".rodata", ".noptrdata"] {
+        let Some(s) = file.section_by_name(name) else {
+            continue;
+        };
+        let (Ok(data), Some((off, size))) = (s.data(), s.file_range()) else {
+            continue;
+        };
+        // The header is pointer-aligned; check each candidate by parsing it.
+        for at in (0..data.len().saturating_sub(8)).step_by(8) {
+            if HEADERS.iter().any(|h| data[at..at + 8] == *h) {
+                let range = at..data.len();
+                if pclntab::Pclntab::parse(data, range, 0).is_ok_and(|t| t.len() > 0) {
+                    return Some(((off + at as u64, size - at as u64), s.address() + at as u64));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The GNU build id in hex, else the Go build id from `.note.go.buildid`.
+fn build_id(file: &object::File<'_>) -> Option<String> {
+    if let Ok(Some(id)) = file.build_id() {
+        return Some(id.iter().map(|b| format!("{b:02x}")).collect());
+    }
+    // An ELF note: namesz, descsz, type (4 bytes each), "Go\0\0", desc.
+    let note = file.section_by_name(".note.go.buildid")?.data().ok()?;
+    let descsz = u32::from_le_bytes(note.get(4..8)?.try_into().ok()?) as usize;
+    let desc = note.get(16..16 + descsz)?;
+    Some(String::from_utf8_lossy(desc).into_owned())
 }
 
 /// Identity of a binary on disk: a rebuilt file at the same path has a new
@@ -106,8 +203,11 @@ impl std::fmt::Debug for GoBinary {
 pub struct GoBinary {
     pub path: PathBuf,
     pub id: BinaryId,
+    /// GNU build id (hex) if the linker wrote one, else the Go build id.
+    pub build_id: Option<String>,
     pub build: BuildInfo,
     pub offsets: GOffsets,
+    pub offsets_source: OffsetsSource,
     /// File offsets of every RET in runtime.newproc1.
     pub newproc1_rets: Vec<u64>,
     /// File offset of runtime.goexit1's entry.
@@ -166,29 +266,40 @@ impl GoBinary {
             })
             .collect();
 
-        let pcln = [".gopclntab", ".data.rel.ro.gopclntab"]
-            .iter()
-            .find_map(|n| file.section_by_name(n))
-            .and_then(|s| s.file_range())
-            .ok_or_else(|| Error::Pclntab(p(), "section not found".into()))?;
-        let text_start = file
-            .symbols()
-            .find(|s| s.name() == Ok("runtime.text"))
-            .map(|s| s.address())
-            .or_else(|| file.section_by_name(".text").map(|s| s.address()))
-            .unwrap_or(0);
-        let offsets = dwarf::g_offsets(&file).map_err(|e| Error::Offsets(p(), e));
+        let (pcln, pcln_vaddr) =
+            find_pclntab(&file).ok_or_else(|| Error::Pclntab(p(), "not found".into()))?;
+        let text_start = text_start(&file, pcln_vaddr);
+        let build_id = build_id(&file);
+        let offsets = match dwarf::g_offsets(&file) {
+            Ok(o) => Ok((o, OffsetsSource::Dwarf)),
+            Err(dwarf::Error::NoDwarf) => match table::lookup(build.version) {
+                Some(row) => Ok((
+                    row.offsets,
+                    OffsetsSource::Table {
+                        built_with: row.built_with,
+                    },
+                )),
+                None => Err(Error::UnknownRelease {
+                    path: p(),
+                    found: build.version_string.clone(),
+                    known: table::releases(),
+                }),
+            },
+            Err(e) => Err(Error::Offsets(p(), e)),
+        };
         drop(file);
         let range = pcln.0 as usize..(pcln.0 + pcln.1) as usize;
         let symbols = pclntab::Pclntab::parse(map, range, text_start)
             .map_err(|e| Error::Pclntab(p(), e.to_string()))?;
-        let offsets = offsets?;
+        let (offsets, offsets_source) = offsets?;
 
         let mut bin = GoBinary {
             path: p(),
             id,
+            build_id,
             build,
             offsets,
+            offsets_source,
             newproc1_rets: Vec::new(),
             goexit1: 0,
             pie,
@@ -218,6 +329,22 @@ impl GoBinary {
             .collect::<Result<_, _>>()?;
         bin.goexit1 = bin.file_offset(goexit1.entry)?;
         Ok(bin)
+    }
+
+    /// Release and runtime.g offsets from the binary's DWARF, for the
+    /// offsets table generator. Needs no probe sites or symbols.
+    pub fn dwarf_offsets(path: &Path) -> Result<(BuildInfo, GOffsets), Error> {
+        let p = || path.to_path_buf();
+        let data = std::fs::read(path).map_err(|e| Error::Open(p(), e))?;
+        let file = object::File::parse(&*data).map_err(|_| Error::NotElf(p()))?;
+        let build = file
+            .section_by_name(".go.buildinfo")
+            .and_then(|s| s.data().ok())
+            .ok_or(buildinfo::Error::Missing)
+            .and_then(buildinfo::parse)
+            .map_err(|e| Error::NotGo(p(), e))?;
+        let offsets = dwarf::g_offsets(&file).map_err(|e| Error::Offsets(p(), e))?;
+        Ok((build, offsets))
     }
 
     /// File offset of link-time address `vaddr` (what a uprobe is placed by).

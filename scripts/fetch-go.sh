@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Fetches Go releases newer than bookworm's into a private folder, without
+# touching the system: Debian trixie and sid packages, downloaded with a
+# private apt configuration and unpacked with dpkg-deb. Idempotent.
+#   /var/cache/gmon-agent/go/<release>/usr/lib/go-<release>/bin/go
+set -euo pipefail
+cache=/var/cache/gmon-agent
+releases=(1.24 1.26)
+
+have() { [ -x "$cache/go/$1/usr/lib/go-$1/bin/go" ]; }
+missing=()
+for r in "${releases[@]}"; do have "$r" || missing+=("$r"); done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+apt_dir=$cache/apt-go
+mkdir -p "$apt_dir"/{lists/partial,archives/partial,etc}
+cat >"$apt_dir/etc/sources.list" <<'SRC'
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main
+SRC
+# The mirror snapshot can be older than the clock: skip Valid-Until.
+cat >"$apt_dir/etc/apt.conf" <<CONF
+Dir::Etc::SourceList "$apt_dir/etc/sources.list";
+Dir::Etc::SourceParts "/nonexistent";
+Dir::State::Lists "$apt_dir/lists";
+Dir::Cache::Archives "$apt_dir/archives";
+Dir::State::Status "/var/lib/dpkg/status";
+Acquire::Check-Valid-Until "false";
+APT::Architecture "amd64";
+APT::Sandbox::User "root";
+CONF
+export APT_CONFIG=$apt_dir/etc/apt.conf
+echo "fetch-go: fetching Go ${missing[*]} from Debian trixie/sid" >&2
+apt-get update -qq
+for r in "${missing[@]}"; do
+  (cd "$apt_dir/archives" && apt-get download -qq "golang-$r-go" "golang-$r-src")
+  rm -rf "$cache/go/$r.tmp" && mkdir -p "$cache/go/$r.tmp"
+  for deb in "$apt_dir"/archives/golang-"$r"-{go,src}_*.deb; do
+    dpkg-deb -x "$deb" "$cache/go/$r.tmp"
+  done
+  rm -rf "$cache/go/$r" && mv "$cache/go/$r.tmp" "$cache/go/$r"
+  "$cache/go/$r/usr/lib/go-$r/bin/go" version >&2
+done
