@@ -99,6 +99,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     tracing::info!(
         path = %binary.path.display(),
         go = %binary.build.version_string,
+        offsets = %binary.offsets_source,
         uprobes = placed,
         processes = running.len(),
         "attached"

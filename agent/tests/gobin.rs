@@ -223,3 +223,30 @@ fn refuses_a_stripped_binary_of_a_release_the_table_lacks() {
     );
     assert!(msg.contains("scripts/gen-offsets.sh"), "{msg}");
 }
+
+#[test]
+fn analysis_is_cached_per_device_inode_and_build_id() {
+    use gmon_agent::gobin::Cache;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app");
+    std::fs::copy(fixture("spawner"), &path).unwrap();
+    let mut cache = Cache::default();
+    let a = cache.get(&path).unwrap();
+    let b = cache.get(&path).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "same file analysed twice");
+    assert_eq!((cache.hits, cache.misses), (1, 1));
+    // A redeploy: another binary at the same path (new inode, new build id).
+    std::fs::remove_file(&path).unwrap();
+    std::fs::copy(fixture("spawner-go1.24"), &path).unwrap();
+    let c = cache.get(&path).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&a, &c));
+    assert_eq!(c.build.version.minor, 24);
+    assert_eq!((cache.len(), cache.misses), (2, 2));
+    // Entries go once nobody holds them.
+    drop((a, b));
+    assert_eq!(cache.release_unused(), 1);
+    assert_eq!(cache.len(), 1);
+    drop(c);
+    assert_eq!(cache.release_unused(), 1);
+    assert!(cache.is_empty());
+}

@@ -3,6 +3,7 @@
 //! sites (as file offsets) and a symbolizer for its PCs.
 
 pub mod buildinfo;
+pub mod cache;
 pub mod dwarf;
 pub mod pclntab;
 pub mod ret;
@@ -17,6 +18,7 @@ use std::{
 };
 
 pub use buildinfo::{BuildInfo, GoVersion};
+pub use cache::Cache;
 
 /// Oldest Go release whose runtime layout gmon-agent supports.
 pub const MIN_GO: GoVersion = GoVersion {
@@ -133,13 +135,23 @@ fn find_pclntab(file: &object::File<'_>) -> Option<((u64, u64), u64)> {
         for at in (0..data.len().saturating_sub(8)).step_by(8) {
             if HEADERS.iter().any(|h| data[at..at + 8] == *h) {
                 let range = at..data.len();
-                if pclntab::Pclntab::parse(data, range, 0).is_ok_and(|t| t.len() > 0) {
+                if pclntab::Pclntab::parse(data, range, 0).is_ok_and(|t| !t.is_empty()) {
                     return Some(((off + at as u64, size - at as u64), s.address() + at as u64));
                 }
             }
         }
     }
     None
+}
+
+/// The build id of the file at `path` (cheap: maps it and reads one note).
+pub fn read_build_id(path: &Path) -> std::io::Result<Option<String>> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: read-only private map of a regular file.
+    let map = unsafe { Mmap::map(&f) }?;
+    Ok(object::File::parse(&*map)
+        .ok()
+        .and_then(|file| build_id(&file)))
 }
 
 /// The GNU build id in hex, else the Go build id from `.note.go.buildid`.
