@@ -41,12 +41,17 @@ fn main() {
         peak = (peak.0.max(rss - rss0), peak.1.max(anon - anon0));
         if times.len() == 1 {
             println!(
-                "{}: {:.1} MB, {}, offsets from {}, {} newproc1 RETs",
+                "{}: {:.1} MB, {}, offsets from {}, {} newproc1 RETs, inline trees {}",
                 path.display(),
                 size as f64 / 1e6,
                 b.build.version_string,
                 b.offsets_source,
-                b.newproc1_rets.len()
+                b.newproc1_rets.len(),
+                if b.has_inline_info() {
+                    "found"
+                } else {
+                    "not found"
+                }
             );
         }
     }

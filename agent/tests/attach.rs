@@ -139,7 +139,7 @@ fn check_seen(reported: &[(String, u64)], rec: &Recorder, tracker: &Tracker) {
         let creator = &g.site.creator.as_ref().unwrap().function;
         assert_eq!(start, &format!("main.{site}"));
         let want_creator = if site == "nestedChild" {
-            "main.nestedParent"
+            "main.startChild"
         } else {
             "main.main"
         };
@@ -161,6 +161,15 @@ fn check_seen(reported: &[(String, u64)], rec: &Recorder, tracker: &Tracker) {
         assert_eq!(names.get(1), Some(&"runtime.newproc.func1"), "{names:?}");
         assert_eq!(names.last(), Some(&"runtime.goexit"), "{names:?}");
         assert!(names.contains(&want_creator), "{names:?}");
+        if site == "nestedChild" {
+            // startChild <- spawnChild (inlined into nestedParent) <- nestedParent.
+            let at = names.iter().position(|n| *n == "main.startChild").unwrap();
+            assert_eq!(
+                names[at..at + 3],
+                ["main.startChild", "main.spawnChild", "main.nestedParent"],
+                "inlined frame missing: {names:?}"
+            );
+        }
         assert_ne!(g.parent_goid, 0);
     }
     assert_eq!(tracker.stats.unresolved_pcs, 0);

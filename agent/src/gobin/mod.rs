@@ -154,6 +154,74 @@ pub fn read_build_id(path: &Path) -> std::io::Result<Option<String>> {
         .and_then(|file| build_id(&file)))
 }
 
+/// Offsets in runtime.moduledata (Go 1.20 through 1.26, checked by the
+/// tests against every release built here).
+const MODULEDATA_FUNCNAMETAB: u64 = 8;
+const MODULEDATA_TEXT: u64 = 176;
+const MODULEDATA_GOFUNC: u64 = 320;
+
+/// moduledata.gofunc, the base funcdata offsets (inline trees) are relative
+/// to. The moduledata is the one structure whose first word points at the
+/// pclntab and whose funcnametab and text fields agree with it; in PIE its
+/// pointers are dynamic relocations, so both the file bytes and the
+/// relocations are searched.
+fn moduledata_gofunc(
+    file: &object::File<'_>,
+    pclntab_vaddr: u64,
+    funcnames_off: usize,
+    text_start: u64,
+) -> Option<u64> {
+    let relocs: std::collections::HashMap<u64, u64> = file
+        .dynamic_relocations()
+        .map(|r| r.map(|(off, r)| (off, r.addend() as u64)).collect())
+        .unwrap_or_default();
+    let data_sections: Vec<_> = file
+        .sections()
+        .filter(|s| {
+            s.file_range().is_some()
+                && matches!(
+                    s.kind(),
+                    object::SectionKind::Data | object::SectionKind::ReadOnlyData
+                )
+        })
+        .collect();
+    let word = |vaddr: u64| -> Option<u64> {
+        if let Some(&v) = relocs.get(&vaddr) {
+            return Some(v);
+        }
+        let s = data_sections
+            .iter()
+            .find(|s| vaddr >= s.address() && vaddr + 8 <= s.address() + s.size())?;
+        let d = s.data().ok()?;
+        let at = (vaddr - s.address()) as usize;
+        Some(u64::from_le_bytes(d.get(at..at + 8)?.try_into().ok()?))
+    };
+    let is_moduledata = |md: u64| {
+        word(md + MODULEDATA_FUNCNAMETAB) == Some(pclntab_vaddr + funcnames_off as u64)
+            && word(md + MODULEDATA_TEXT) == Some(text_start)
+    };
+    let mut candidates: Vec<u64> = relocs
+        .iter()
+        .filter(|&(_, &v)| v == pclntab_vaddr)
+        .map(|(&off, _)| off)
+        .collect();
+    for s in data_sections
+        .iter()
+        .filter(|s| s.kind() == object::SectionKind::Data)
+    {
+        let Ok(d) = s.data() else { continue };
+        let needle = pclntab_vaddr.to_le_bytes();
+        candidates.extend(
+            (0..d.len().saturating_sub(8))
+                .step_by(8)
+                .filter(|&i| d[i..i + 8] == needle)
+                .map(|i| s.address() + i as u64),
+        );
+    }
+    let md = candidates.into_iter().find(|&md| is_moduledata(md))?;
+    word(md + MODULEDATA_GOFUNC)
+}
+
 /// The GNU build id in hex, else the Go build id from `.note.go.buildid`.
 fn build_id(file: &object::File<'_>) -> Option<String> {
     if let Ok(Some(id)) = file.build_id() {
@@ -304,6 +372,14 @@ impl GoBinary {
         let symbols = pclntab::Pclntab::parse(map, range, text_start)
             .map_err(|e| Error::Pclntab(p(), e.to_string()))?;
         let (offsets, offsets_source) = offsets?;
+        let file = object::File::parse(symbols.data().as_ref()).map_err(|_| Error::NotElf(p()))?;
+        let gofunc = moduledata_gofunc(
+            &file,
+            pcln_vaddr,
+            symbols.funcnames_offset(),
+            symbols.text_start(),
+        );
+        drop(file);
 
         let mut bin = GoBinary {
             path: p(),
@@ -340,6 +416,11 @@ impl GoBinary {
             .map(|a| bin.file_offset(a))
             .collect::<Result<_, _>>()?;
         bin.goexit1 = bin.file_offset(goexit1.entry)?;
+        // Inline trees need the funcdata base; without it frames are the
+        // physical functions only.
+        if let Some(off) = gofunc.and_then(|g| bin.file_offset(g).ok()) {
+            bin.symbols.set_gofunc(off as usize);
+        }
         Ok(bin)
     }
 
@@ -398,6 +479,28 @@ impl GoBinary {
             file,
             line,
         })
+    }
+
+    /// Every source-level frame of a link-time PC, innermost first: calls
+    /// the compiler inlined at `pc`, then the function that holds it.
+    pub fn symbolize_inline(&self, pc: u64) -> Vec<Frame> {
+        let Some(f) = self.symbols.func_for_pc(pc) else {
+            return Vec::new();
+        };
+        self.symbols
+            .frames(&f, pc)
+            .into_iter()
+            .map(|s| Frame {
+                function: s.function.to_owned(),
+                file: s.file.map(str::to_owned),
+                line: s.line,
+            })
+            .collect()
+    }
+
+    /// Whether inline trees were located (moduledata found).
+    pub fn has_inline_info(&self) -> bool {
+        self.symbols.has_inline_info()
     }
 
     /// Entry address of the named function (for tests and diagnostics).

@@ -47,6 +47,25 @@ pub struct Pclntab<T> {
     filetab: usize,
     pctab: usize,
     functab: usize,
+    /// Offset in `data` of moduledata.gofunc, the base of funcdata (and so
+    /// of inline trees); unknown when the moduledata was not found.
+    gofunc: Option<usize>,
+}
+
+/// PCDATA index of the inline tree index table, FUNCDATA index of the tree.
+const PCDATA_INL_TREE_INDEX: u32 = 2;
+const FUNCDATA_INL_TREE: u32 = 3;
+/// Size of a runtime.inlinedCall record (Go 1.20+).
+const INLINED_CALL_SIZE: usize = 16;
+/// Deepest inlining followed (the compiler's own budget is far lower).
+const MAX_INLINE_DEPTH: usize = 64;
+
+/// One source-level frame of a PC: inlined calls come out as frames too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFrame<'a> {
+    pub function: &'a str,
+    pub file: Option<&'a str>,
+    pub line: Option<u32>,
 }
 
 impl<T: AsRef<[u8]>> Pclntab<T> {
@@ -111,6 +130,7 @@ impl<T: AsRef<[u8]>> Pclntab<T> {
             filetab,
             pctab,
             functab,
+            gofunc: None,
             data,
             range,
         })
@@ -235,6 +255,93 @@ impl<T: AsRef<[u8]>> Pclntab<T> {
                 return Some(val);
             }
         }
+    }
+
+    /// Offset of the function name table from the table's start (the
+    /// moduledata's funcnametab points there).
+    pub fn funcnames_offset(&self) -> usize {
+        self.funcnames
+    }
+
+    /// Sets where moduledata.gofunc lies in `data`, enabling inline frames.
+    pub fn set_gofunc(&mut self, offset_in_data: usize) {
+        self.gofunc = Some(offset_in_data);
+    }
+
+    /// Whether inlined frames can be resolved.
+    pub fn has_inline_info(&self) -> bool {
+        self.gofunc.is_some()
+    }
+
+    fn name_at(&self, name_off: u32) -> Option<&str> {
+        let start = self.funcnames.checked_add(name_off as usize)?;
+        let rest = self.bytes().get(start..)?;
+        let len = rest.iter().position(|&c| c == 0)?;
+        std::str::from_utf8(&rest[..len]).ok()
+    }
+
+    /// The frames of `pc` inside `f`, innermost first: the inlined calls
+    /// the compiler recorded at `pc`, then `f` itself at the call site.
+    pub fn frames(&self, f: &Func, pc: u64) -> Vec<SourceFrame<'_>> {
+        let mut out = Vec::new();
+        let mut pc = pc;
+        let tree = self.inline_tree(f);
+        for _ in 0..MAX_INLINE_DEPTH {
+            let (file, line) = match self.line(f, pc) {
+                Some((file, line)) => (Some(file), Some(line)),
+                None => (None, None),
+            };
+            let call = tree.and_then(|(table, tree)| {
+                let ix = self.pcvalue(table, f.entry, pc)?;
+                let at =
+                    tree.checked_add(usize::try_from(ix).ok()?.checked_mul(INLINED_CALL_SIZE)?)?;
+                let rec = self
+                    .data
+                    .as_ref()
+                    .get(at..at.checked_add(INLINED_CALL_SIZE)?)?;
+                let name_off = u32::from_le_bytes(rec[4..8].try_into().unwrap());
+                let parent_pc = i32::from_le_bytes(rec[8..12].try_into().unwrap());
+                Some((self.name_at(name_off)?, parent_pc))
+            });
+            match call {
+                Some((function, parent_pc)) if parent_pc >= 0 => {
+                    out.push(SourceFrame {
+                        function,
+                        file,
+                        line,
+                    });
+                    pc = f.entry + parent_pc as u64;
+                }
+                _ => {
+                    if let Some(function) = self.name(f) {
+                        out.push(SourceFrame {
+                            function,
+                            file,
+                            line,
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// (inline index pc-value table, offset of the tree in `data`) of `f`.
+    fn inline_tree(&self, f: &Func) -> Option<(u32, usize)> {
+        let gofunc = self.gofunc?;
+        let npcdata = self.u32_at(f.record + 28)?;
+        let nfuncdata = *self.bytes().get(f.record + 43)? as u32;
+        if npcdata <= PCDATA_INL_TREE_INDEX || nfuncdata <= FUNCDATA_INL_TREE {
+            return None;
+        }
+        let table = self.u32_at(f.record + 44 + 4 * PCDATA_INL_TREE_INDEX as usize)?;
+        let fd = f.record + 44 + 4 * npcdata as usize + 4 * FUNCDATA_INL_TREE as usize;
+        let tree_off = self.u32_at(fd)?;
+        if table == 0 || tree_off == u32::MAX {
+            return None;
+        }
+        Some((table, gofunc.checked_add(tree_off as usize)?))
     }
 
     /// The buffer the table lives in.

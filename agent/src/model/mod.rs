@@ -188,28 +188,35 @@ impl Tracker {
 
     fn resolve_site(&mut self, ev: &GoroutineEvent, stacks: &mut dyn StackSource) -> Site {
         let bias = self.proc(ev.pid).bias;
-        let frame = |pc: u64, stats: &mut Stats| -> Frame {
-            let f = bias.and_then(|b| self.binary.symbolize(pc.wrapping_sub(b)));
-            f.unwrap_or_else(|| {
+        // Every source frame of a PC (inlined calls first), or its address
+        // when it cannot be resolved.
+        let frames = |pc: u64, stats: &mut Stats| -> Vec<Frame> {
+            let f = bias
+                .map(|b| self.binary.symbolize_inline(pc.wrapping_sub(b)))
+                .unwrap_or_default();
+            if f.is_empty() {
                 stats.unresolved_pcs += 1;
-                Frame {
+                return vec![Frame {
                     function: format!("{pc:#x}"),
                     file: None,
                     line: None,
-                }
-            })
+                }];
+            }
+            f
         };
+        let frame = |pc: u64, stats: &mut Stats| frames(pc, stats).swap_remove(0);
         let mut stats = self.stats;
         let mut stack = Vec::new();
         if ev.stack != NO_STACK {
             match stacks.user_stack(ev.stack) {
                 Some(pcs) => {
-                    for (i, &pc) in pcs.iter().take(self.depth).enumerate() {
+                    for (i, &pc) in pcs.iter().enumerate() {
                         // Frames past the first are return addresses: look up
                         // the call instruction before them.
                         let pc = if i == 0 { pc } else { pc.saturating_sub(1) };
-                        stack.push(frame(pc, &mut stats));
+                        stack.extend(frames(pc, &mut stats));
                     }
+                    stack.truncate(self.depth);
                 }
                 None => stats.stack_reads_failed += 1,
             }

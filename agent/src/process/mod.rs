@@ -1,6 +1,8 @@
 //! Process found: which processes run a given binary, and where each one
 //! mapped it (the load bias that PIE and ASLR add to every address).
 
+pub mod cgroup;
+
 use crate::gobin::{BinaryId, GoBinary};
 use std::path::PathBuf;
 
