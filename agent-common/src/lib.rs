@@ -61,6 +61,28 @@ impl UserStack {
     }
 }
 
+/// `ProcEvent::kind`: a process called execve (its pid now runs a new image).
+pub const PROC_EXEC: u32 = 1;
+/// `ProcEvent::kind`: a process (its thread-group leader) exited.
+pub const PROC_EXIT: u32 = 2;
+
+/// A process starting a program or exiting, from the sched_process_exec and
+/// sched_process_exit tracepoints: what node mode discovers programs by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// `PROC_EXEC` or `PROC_EXIT`.
+    pub kind: u32,
+    /// Thread group id.
+    pub pid: u32,
+    /// bpf_ktime_get_ns() at the tracepoint.
+    pub ktime_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 16);
+
+/// Size of the process event ring buffer: exec/exit bursts are small.
+pub const PROC_RINGBUF_BYTES: u32 = 256 << 10;
+
 /// Offsets into runtime.g that user space derives from the binary and passes
 /// to the programs (they change between Go releases), plus the span that
 /// covers all four, so the creation probe reads them with one helper call.
@@ -123,8 +145,10 @@ pub mod counter {
     /// Events dropped because a preempted probe on the same CPU held the
     /// per-CPU scratch space (possible on fully preemptible kernels).
     pub const SCRATCH_BUSY: u32 = 5;
+    /// Process exec/exit events dropped because their ring buffer was full.
+    pub const PROC_RINGBUF_FULL: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Names used for the exported metric label, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -134,6 +158,7 @@ pub mod counter {
         "stack_failed",
         "read_g_failed",
         "scratch_busy",
+        "proc_ringbuf_full",
     ];
 }
 
@@ -156,4 +181,5 @@ mod pod {
     unsafe impl aya::Pod for super::GoroutineEvent {}
     unsafe impl aya::Pod for super::GOffsets {}
     unsafe impl aya::Pod for super::UserStack {}
+    unsafe impl aya::Pod for super::ProcEvent {}
 }

@@ -21,7 +21,8 @@
 
 use agent_common::{
     EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, MAX_BINARIES, MAX_STACK_DEPTH,
-    NO_STACK, RINGBUF_BYTES, RINGBUF_WAKEUP_BYTES, STACK_MAP_ENTRIES, UserStack, counter,
+    NO_STACK, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
+    RINGBUF_WAKEUP_BYTES, STACK_MAP_ENTRIES, UserStack, counter,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -32,9 +33,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{self, bpf_get_attach_cookie},
     },
-    macros::{map, uprobe},
+    macros::{map, raw_tracepoint, uprobe},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::ProbeContext,
+    programs::{ProbeContext, RawTracePointContext},
 };
 
 /// Frames of the creating user stack to collect (0: none, at most
@@ -338,6 +339,40 @@ fn goexit1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
         startpc: 0,
     };
     send(&ev, counter::EXIT_SENT, &mut sc.events);
+}
+
+/// Process starts and exits for node mode's discovery. Raw tracepoints
+/// attach by name, without tracefs.
+#[map]
+static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(PROC_RINGBUF_BYTES, 0);
+
+#[inline(always)]
+fn send_proc(kind: u32, pid: u32) {
+    let ev = ProcEvent {
+        kind,
+        pid,
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Rare enough to wake the reader every time: discovery latency matters.
+    if PROC_EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
+        count(counter::PROC_RINGBUF_FULL);
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn proc_exec(_ctx: RawTracePointContext) -> i32 {
+    send_proc(PROC_EXEC, (bpf_get_current_pid_tgid() >> 32) as u32);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn proc_exit(_ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // Fires for every thread; the process is gone when its leader exits.
+    if (pid_tgid >> 32) as u32 == pid_tgid as u32 {
+        send_proc(PROC_EXIT, (pid_tgid >> 32) as u32);
+    }
+    0
 }
 
 /// Does nothing: attached at the same sites, it measures the bare cost of

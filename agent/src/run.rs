@@ -89,7 +89,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     };
     let placed = {
         let _span = tracing::debug_span!("attach").entered();
-        probes.attach(&binary, pid)?
+        probes.attach(&binary, pid)?.uprobes()
     };
     metrics.uprobes_attached.set(placed as i64);
     let running = match pid {
@@ -177,6 +177,7 @@ fn read_events(
         mut events,
         mut stacks,
         mut counters,
+        ..
     } = maps;
     let mut tracker = Tracker::new(binary, depth);
     let mut log = GmonLog::new(

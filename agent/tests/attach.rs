@@ -48,13 +48,14 @@ fn trace_spawner(
     let (mut probes, maps) = Probes::load(127).unwrap();
     let pid = only_pid.then(|| NonZeroU32::new(sp.pid()).unwrap());
     assert_eq!(
-        probes.attach(&bin, pid).unwrap(),
+        probes.attach(&bin, pid).unwrap().uprobes(),
         bin.newproc1_rets.len() + 1
     );
     let Maps {
         mut events,
         mut stacks,
         counters,
+        ..
     } = maps;
 
     let mut stdin = sp.stdin();

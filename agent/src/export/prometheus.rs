@@ -115,7 +115,7 @@ impl Metrics {
             events_lost: counter_vec(
                 &r,
                 "gmon_agent_events_lost_total",
-                "Goroutine events lost, by reason (ringbuf_full, read_g_failed, scratch_busy: kernel; malformed: user space)",
+                "Goroutine events lost, by reason (ringbuf_full, read_g_failed, scratch_busy, proc_ringbuf_full: kernel; malformed: user space)",
                 &["reason"],
             )?,
             stack_failures: counter_vec(
@@ -199,6 +199,9 @@ impl Metrics {
         self.events_lost
             .with_label_values(&["scratch_busy"])
             .inc_by(d[counter::SCRATCH_BUSY as usize]);
+        self.events_lost
+            .with_label_values(&["proc_ringbuf_full"])
+            .inc_by(d[counter::PROC_RINGBUF_FULL as usize]);
         self.stack_failures
             .with_label_values(&["kernel"])
             .inc_by(d[counter::STACK_FAILED as usize]);

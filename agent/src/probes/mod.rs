@@ -10,10 +10,10 @@ use crate::gobin::GoBinary;
 use agent_common::{GOffsets, MAX_BINARIES, MAX_STACK_DEPTH, UserStack, counter};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        RawTracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use std::num::NonZeroU32;
@@ -42,6 +42,8 @@ pub enum Error {
     TooManyBinaries,
     #[error("eBPF map {0}: {1}")]
     Map(&'static str, String),
+    #[error("cannot watch process starts and exits (raw tracepoint {0}): {1}")]
+    Watch(&'static str, String),
 }
 
 fn is_eperm(e: &dyn std::error::Error) -> bool {
@@ -61,11 +63,28 @@ pub struct Probes {
     ebpf: Ebpf,
     binaries: Array<MapData, GOffsets>,
     next_cookie: u32,
+    /// Cookies of detached binaries, reused before new ones.
+    free_cookies: Vec<u32>,
+}
+
+/// The uprobes placed on one binary; give it back to `Probes::detach`.
+#[derive(Debug)]
+pub struct Attachment {
+    cookie: u32,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
+impl Attachment {
+    /// Uprobes placed.
+    pub fn uprobes(&self) -> usize {
+        self.links.len()
+    }
 }
 
 /// Handles that let the event reader and the counters live elsewhere.
 pub struct Maps {
     pub events: EventReader,
+    pub procs: ProcEvents,
     pub stacks: KernelStacks,
     pub counters: KernelCounters,
 }
@@ -90,6 +109,20 @@ impl Probes {
                     }
                 }
             })?;
+        for name in ["proc_exec", "proc_exit"] {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Load(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| Error::Load(format!("{e}")))?;
+            prog.load().map_err(|e| {
+                if is_eperm(&e) {
+                    Error::Permission
+                } else {
+                    Error::Load(format!("{name}: {e}"))
+                }
+            })?;
+        }
         for name in ["newproc1_ret", "goexit1", "noop"] {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
@@ -109,6 +142,8 @@ impl Probes {
                 .ok_or_else(|| Error::Map(name, "missing".into()))
         };
         let events = EventReader::new(take(&mut ebpf, "EVENTS")?)?;
+        let procs = RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)
+            .map_err(|e| Error::Map("PROC_EVENTS", e.to_string()))?;
         let stacks = HashMap::try_from(take(&mut ebpf, "STACKS")?)
             .map_err(|e| Error::Map("STACKS", e.to_string()))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)
@@ -120,9 +155,11 @@ impl Probes {
                 ebpf,
                 binaries,
                 next_cookie: 0,
+                free_cookies: Vec::new(),
             },
             Maps {
                 events,
+                procs: ProcEvents(procs),
                 stacks: KernelStacks(stacks),
                 counters: KernelCounters {
                     map: counters,
@@ -132,16 +169,48 @@ impl Probes {
         ))
     }
 
+    /// Starts the process exec/exit tracepoints (node mode's discovery).
+    pub fn watch_processes(&mut self) -> Result<(), Error> {
+        for (name, tp) in [
+            ("proc_exec", "sched_process_exec"),
+            ("proc_exit", "sched_process_exit"),
+        ] {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or_else(|| Error::Load(format!("program {name} missing")))?;
+            prog.attach(tp)
+                .map_err(|e| Error::Watch(tp, format!("{e:#}")))?;
+        }
+        Ok(())
+    }
+
     /// Attaches both probes to `bin`, for every process running it or only
-    /// for `pid`. Returns how many uprobes were placed.
-    pub fn attach(&mut self, bin: &GoBinary, pid: Option<NonZeroU32>) -> Result<usize, Error> {
+    /// for `pid`. On failure nothing stays attached.
+    pub fn attach(&mut self, bin: &GoBinary, pid: Option<NonZeroU32>) -> Result<Attachment, Error> {
         self.attach_programs(bin, pid, ["newproc1_ret", "goexit1"])
     }
 
     /// Attaches an empty program at the same sites: the bare trap cost,
     /// which the overhead benchmark compares the real probes against.
-    pub fn attach_noop(&mut self, bin: &GoBinary) -> Result<usize, Error> {
+    pub fn attach_noop(&mut self, bin: &GoBinary) -> Result<Attachment, Error> {
         self.attach_programs(bin, None, ["noop", "noop"])
+    }
+
+    /// Removes a binary's uprobes and frees its slot.
+    pub fn detach(&mut self, att: Attachment) {
+        for (program, link) in att.links {
+            if let Some(prog) = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut UProbe>::try_from(p).ok())
+            {
+                // Only fails for an unknown link id, which cannot happen.
+                let _ = prog.detach(link);
+            }
+        }
+        self.free_cookies.push(att.cookie);
     }
 
     fn attach_programs(
@@ -149,15 +218,23 @@ impl Probes {
         bin: &GoBinary,
         pid: Option<NonZeroU32>,
         [create, exit]: [&'static str; 2],
-    ) -> Result<usize, Error> {
-        if self.next_cookie >= MAX_BINARIES {
-            return Err(Error::TooManyBinaries);
+    ) -> Result<Attachment, Error> {
+        let cookie = match self.free_cookies.pop() {
+            Some(c) => c,
+            None if self.next_cookie < MAX_BINARIES => {
+                self.next_cookie += 1;
+                self.next_cookie - 1
+            }
+            None => return Err(Error::TooManyBinaries),
+        };
+        let mut att = Attachment {
+            cookie,
+            links: Vec::new(),
+        };
+        if let Err(e) = self.binaries.set(cookie, bin.offsets, 0) {
+            self.free_cookies.push(cookie);
+            return Err(Error::Map("BINARIES", e.to_string()));
         }
-        let cookie = self.next_cookie;
-        self.binaries
-            .set(cookie, bin.offsets, 0)
-            .map_err(|e| Error::Map("BINARIES", e.to_string()))?;
-        self.next_cookie += 1;
         let scope = match pid {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
@@ -167,32 +244,68 @@ impl Probes {
             .iter()
             .map(|&o| (create, o))
             .chain(std::iter::once((exit, bin.goexit1)));
-        let mut placed = 0;
         for (program, offset) in sites {
-            let prog: &mut UProbe = self
+            let placed = self
                 .ebpf
                 .program_mut(program)
-                .and_then(|p| p.try_into().ok())
-                .ok_or_else(|| Error::Load(format!("program {program} missing")))?;
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(offset),
-                cookie: Some(cookie.into()),
-            };
-            prog.attach(point, &bin.path, scope)
-                .map_err(|e| Error::Attach {
-                    program,
-                    path: bin.path.display().to_string(),
-                    offset,
-                    reason: if is_eperm(&e) {
-                        "permission denied: attaching uprobes needs CAP_SYS_ADMIN (run with sudo)"
-                            .into()
-                    } else {
-                        format!("{e:#}")
-                    },
-                })?;
-            placed += 1;
+                .and_then(|p| <&mut UProbe>::try_from(p).ok())
+                .ok_or_else(|| Error::Load(format!("program {program} missing")))
+                .and_then(|prog| {
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(offset),
+                        cookie: Some(cookie.into()),
+                    };
+                    prog.attach(point, &bin.path, scope).map_err(|e| Error::Attach {
+                        program,
+                        path: bin.path.display().to_string(),
+                        offset,
+                        reason: if is_eperm(&e) {
+                            "permission denied: attaching uprobes needs CAP_SYS_ADMIN (run with sudo)"
+                                .into()
+                        } else {
+                            format!("{e:#}")
+                        },
+                    })
+                });
+            match placed {
+                Ok(link) => att.links.push((program, link)),
+                Err(e) => {
+                    self.detach(att);
+                    return Err(e);
+                }
+            }
         }
-        Ok(placed)
+        Ok(att)
+    }
+}
+
+/// Process exec/exit events from the kernel (read when node mode watches).
+pub struct ProcEvents(RingBuf<MapData>);
+
+impl ProcEvents {
+    /// Calls `f` for each pending event; malformed entries are skipped and
+    /// counted in the return value's second half.
+    pub fn drain(&mut self, mut f: impl FnMut(agent_common::ProcEvent)) -> (usize, usize) {
+        let (mut n, mut bad) = (0, 0);
+        while let Some(item) = self.0.next() {
+            if item.len() < std::mem::size_of::<agent_common::ProcEvent>() {
+                bad += 1;
+                continue;
+            }
+            // SAFETY: length checked; plain repr(C) data, any bit pattern valid.
+            let ev = unsafe {
+                std::ptr::read_unaligned(item.as_ptr().cast::<agent_common::ProcEvent>())
+            };
+            n += 1;
+            f(ev);
+        }
+        (n, bad)
+    }
+}
+
+impl std::os::fd::AsRawFd for ProcEvents {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
     }
 }
 
