@@ -8,6 +8,7 @@ pub mod cli;
 pub mod export;
 pub mod gobin;
 pub mod model;
+pub mod node;
 pub mod probes;
 pub mod process;
 pub mod run;

@@ -39,20 +39,30 @@ pub enum Error {
     Metrics(#[from] prom::Error),
     #[error(transparent)]
     Pprof(#[from] selfprof::Error),
+    #[error(transparent)]
+    Selection(#[from] process::select::Error),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
 
 /// How often the reader drains the ring buffer when the kernel did not wake it.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// How often exited processes are swept and self-metrics refreshed.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Standalone mode with --path; node mode without.
 pub fn run(cli: Cli) -> Result<(), Error> {
+    match cli.path.clone() {
+        Some(path) => run_one(cli, &path),
+        None => crate::node::run(cli),
+    }
+}
+
+fn run_one(cli: Cli, path: &std::path::Path) -> Result<(), Error> {
     let clock = Clock::new();
     let binary = {
         let _span = tracing::debug_span!("analyse").entered();
-        Arc::new(GoBinary::analyse(&cli.path)?)
+        Arc::new(GoBinary::analyse(path)?)
     };
     let pid = NonZeroU32::new(cli.pid);
     if let Some(pid) = pid {
@@ -60,28 +70,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     }
     let metrics = Metrics::new()?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let listener = if cli.metrics != 0 {
-        let addr = SocketAddr::new(cli.metrics_address, cli.metrics);
-        Some(rt.block_on(prom::bind(addr))?)
-    } else {
-        None
-    };
-    let pprof = if cli.pprof != 0 {
-        let addr = SocketAddr::new(cli.metrics_address, cli.pprof);
-        let l = rt.block_on(selfprof::bind(addr))?;
-        if !selfprof::start_heap_sampling() {
-            tracing::warn!("heap profiles unavailable: not running on jemalloc with profiling");
-        }
-        tracing::info!(%addr, "serving the agent's profiles at /debug/pprof/");
-        Some(l)
-    } else {
-        None
-    };
-
+    let (rt, servers) = Servers::bind(&cli)?;
     raise_memlock_limit();
     let (mut probes, maps) = {
         let _span = tracing::debug_span!("load").entered();
@@ -115,30 +104,72 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             .spawn(move || read_events(maps, binary, depth, level, clock, metrics, stop))?
     };
 
-    rt.block_on(async {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.changed().await;
-        };
-        let server =
-            listener.map(|l| tokio::spawn(prom::serve(l, metrics.clone(), shutdown(rx.clone()))));
-        let pprof_server = pprof.map(|l| tokio::spawn(selfprof::serve(l, shutdown(rx.clone()))));
-        wait_for_signal().await;
-        tracing::info!("stopping");
-        let _ = tx.send(true);
-        if let Some(s) = server {
-            let _ = s.await;
-        }
-        if let Some(s) = pprof_server {
-            let _ = s.await;
-        }
-    });
+    servers.run_until_signal(&rt, &metrics);
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
     // Detach every uprobe and unload the programs.
     drop(probes);
     tracing::info!("detached");
     Ok(())
+}
+
+/// The HTTP endpoints (/metrics and, with -pprof, /debug/pprof/), bound
+/// before anything is attached so that a busy port fails early.
+pub(crate) struct Servers {
+    metrics: Option<tokio::net::TcpListener>,
+    pprof: Option<tokio::net::TcpListener>,
+}
+
+impl Servers {
+    pub(crate) fn bind(cli: &Cli) -> Result<(tokio::runtime::Runtime, Self), Error> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let metrics = if cli.metrics != 0 {
+            let addr = SocketAddr::new(cli.metrics_address, cli.metrics);
+            Some(rt.block_on(prom::bind(addr))?)
+        } else {
+            None
+        };
+        let pprof = if cli.pprof != 0 {
+            let addr = SocketAddr::new(cli.metrics_address, cli.pprof);
+            let l = rt.block_on(selfprof::bind(addr))?;
+            if !selfprof::start_heap_sampling() {
+                tracing::warn!("heap profiles unavailable: not running on jemalloc with profiling");
+            }
+            tracing::info!(%addr, "serving the agent's profiles at /debug/pprof/");
+            Some(l)
+        } else {
+            None
+        };
+        Ok((rt, Servers { metrics, pprof }))
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts the servers down.
+    pub(crate) fn run_until_signal(self, rt: &tokio::runtime::Runtime, metrics: &Arc<Metrics>) {
+        rt.block_on(async {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.changed().await;
+            };
+            let server = self
+                .metrics
+                .map(|l| tokio::spawn(prom::serve(l, metrics.clone(), shutdown(rx.clone()))));
+            let pprof = self
+                .pprof
+                .map(|l| tokio::spawn(selfprof::serve(l, shutdown(rx.clone()))));
+            wait_for_signal().await;
+            tracing::info!("stopping");
+            let _ = tx.send(true);
+            if let Some(s) = server {
+                let _ = s.await;
+            }
+            if let Some(s) = pprof {
+                let _ = s.await;
+            }
+        });
+    }
 }
 
 async fn wait_for_signal() {
@@ -152,7 +183,7 @@ async fn wait_for_signal() {
 
 /// On kernels before 5.11 BPF memory counts against RLIMIT_MEMLOCK; newer
 /// ones account it to the cgroup, so a refusal here is harmless.
-fn raise_memlock_limit() {
+pub(crate) fn raise_memlock_limit() {
     let lim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,

@@ -90,6 +90,9 @@ fn trace_spawner(
     assert_eq!(stored, sites.len(), "one stack per go statement");
     drop(stdin);
     sp.terminate(Duration::from_secs(5)).expect("spawner exits");
+    // Two sweeps: the first only marks the process gone.
+    tracker.sweep(&mut stacks, &mut rec);
+    assert_eq!(tracker.processes(), 1);
     tracker.sweep(&mut stacks, &mut rec);
     assert_eq!(stacks.stored(), 0, "stacks left after their process exited");
     assert_eq!(tracker.processes(), 0);

@@ -227,6 +227,7 @@ impl<W: Write> Sink for GmonLog<W> {
                 let _ = write!(s, " stack.{i}=");
                 write_value(&mut s, &f.function);
             }
+            write_proc(&mut s, g);
             s
         });
         self.line.push_str(stack);
@@ -250,11 +251,29 @@ impl<W: Write> Sink for GmonLog<W> {
                 write_value(&mut self.line, &f.function);
             }
         }
+        write_proc(&mut self.line, g);
         self.finish();
     }
 
     fn site_gone(&mut self, site_id: u64) {
         self.stacks.remove(&site_id);
+    }
+}
+
+/// Node mode: where the goroutine ran (exits already name the pid).
+fn write_proc(out: &mut String, g: &Goroutine) {
+    let Some(p) = g.site.proc.as_deref() else {
+        return;
+    };
+    if !out.contains(" pid=") {
+        let _ = write!(out, " pid={}", p.pid);
+    }
+    out.push_str(" binary=");
+    write_value(out, &p.binary);
+    for (key, v) in [("container_id", &p.container_id), ("pod_uid", &p.pod_uid)] {
+        if let Some(v) = v {
+            let _ = write!(out, " {key}={v}");
+        }
     }
 }
 
@@ -298,6 +317,7 @@ mod tests {
                 ],
                 creator: Some(frame("net/http.(*Server).Serve")),
                 start: Some(frame("net/http.(*conn).serve")),
+                proc: None,
             }),
         }
     }

@@ -48,6 +48,23 @@ pub struct Metrics {
     pub goroutines_tracked: IntGauge,
     pub processes_tracked: IntGauge,
     pub uprobes_attached: IntGauge,
+    /// Node mode: the gmon families also carry NODE_LABELS.
+    node: bool,
+    pub discovery: Discovery,
+}
+
+/// Labels node mode adds to the gmon families, after stack_0..stack_4.
+pub const NODE_LABELS: [&str; 4] = ["pid", "binary", "container_id", "pod_uid"];
+
+/// Node mode's discovery self-metrics.
+pub struct Discovery {
+    pub processes_seen: IntCounter,
+    pub go_binaries_found: IntCounter,
+    pub binaries_attached: IntGauge,
+    pub attach_failures: IntCounterVec,
+    pub processes_skipped: IntCounterVec,
+    pub unknown_process_events: IntCounter,
+    pub latency: prometheus::Histogram,
 }
 
 fn counter_vec(
@@ -74,25 +91,44 @@ fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
 }
 
 impl Metrics {
+    /// Standalone mode: gmon's families exactly.
     pub fn new() -> Result<Arc<Self>, Error> {
+        Self::build(false)
+    }
+
+    /// Node mode: gmon's families with NODE_LABELS added.
+    pub fn new_node() -> Result<Arc<Self>, Error> {
+        Self::build(true)
+    }
+
+    fn build(node: bool) -> Result<Arc<Self>, Error> {
         let r = Registry::new();
+        let family_labels: Vec<&str> = if node {
+            STACK_LABELS
+                .iter()
+                .chain(NODE_LABELS.iter())
+                .copied()
+                .collect()
+        } else {
+            STACK_LABELS.to_vec()
+        };
         // Help texts are gmon's, typo included, so diffs of /metrics stay quiet.
         let creation = counter_vec(
             &r,
             "gmon_goroutine_creation",
             "The number of goroutines that have been creaated",
-            &STACK_LABELS,
+            &family_labels,
         )?;
         let exit = counter_vec(
             &r,
             "gmon_goroutine_exit",
             "The number of goroutines that have been exited",
-            &STACK_LABELS,
+            &family_labels,
         )?;
         let uptime = HistogramVec::new(
             HistogramOpts::new("gmon_goroutine_uptime", "Uptime of goroutines in seconds")
                 .buckets(GMON_BUCKETS.to_vec()),
-            &STACK_LABELS,
+            &family_labels,
         )?;
         r.register(Box::new(uptime.clone()))?;
         let events_received = counter_vec(
@@ -169,6 +205,52 @@ impl Metrics {
                 "gmon_agent_uprobes_attached",
                 "Uprobes currently attached",
             )?,
+            node,
+            discovery: Discovery {
+                processes_seen: counter(
+                    &r,
+                    "gmon_agent_processes_seen_total",
+                    "Processes discovered (node mode): at start and at each exec",
+                )?,
+                go_binaries_found: counter(
+                    &r,
+                    "gmon_agent_go_binaries_found_total",
+                    "Distinct Go executables (Go 1.23+) analysed",
+                )?,
+                binaries_attached: gauge(
+                    &r,
+                    "gmon_agent_binaries_attached",
+                    "Go executables currently probed",
+                )?,
+                attach_failures: counter_vec(
+                    &r,
+                    "gmon_agent_attach_failures_total",
+                    "Go executables that could not be probed, by reason (analysis, attach)",
+                    &["reason"],
+                )?,
+                processes_skipped: counter_vec(
+                    &r,
+                    "gmon_agent_processes_skipped_total",
+                    "Processes not probed, by reason (not_go, too_old, not_included, excluded, out_of_scope, self, gone, failed)",
+                    &["reason"],
+                )?,
+                unknown_process_events: counter(
+                    &r,
+                    "gmon_agent_unknown_process_events_total",
+                    "Goroutine events from processes discovery could not place (dropped)",
+                )?,
+                latency: {
+                    let h = prometheus::Histogram::with_opts(
+                        HistogramOpts::new(
+                            "gmon_agent_discovery_latency_seconds",
+                            "From a process's exec to its probes being in place",
+                        )
+                        .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                    )?;
+                    r.register(Box::new(h.clone()))?;
+                    h
+                },
+            },
             registry: r,
         };
         Ok(Arc::new(m))
@@ -241,6 +323,8 @@ struct SiteSeries {
     creation: IntCounter,
     exit: IntCounter,
     uptime: Histogram,
+    /// Node mode: the label values, to delete the series with the process.
+    labels: Option<Vec<String>>,
 }
 
 /// Feeds the gmon families, caching each site's series handles so the hot
@@ -261,11 +345,23 @@ impl PromSink {
     fn series(&mut self, g: &Goroutine) -> &SiteSeries {
         let m = &self.metrics;
         self.sites.entry(g.site.id).or_insert_with(|| {
-            let labels = stack_labels(&g.site.stack);
+            let mut labels: Vec<&str> = stack_labels(&g.site.stack).to_vec();
+            let pid;
+            if m.node {
+                let p = g.site.proc.as_deref();
+                pid = p.map(|p| p.pid.to_string()).unwrap_or_default();
+                labels.push(&pid);
+                labels.push(p.map(|p| p.binary.as_str()).unwrap_or(""));
+                labels.push(p.and_then(|p| p.container_id.as_deref()).unwrap_or(""));
+                labels.push(p.and_then(|p| p.pod_uid.as_deref()).unwrap_or(""));
+            }
             SiteSeries {
                 creation: m.creation.with_label_values(&labels),
                 exit: m.exit.with_label_values(&labels),
                 uptime: m.uptime.with_label_values(&labels),
+                labels: m
+                    .node
+                    .then(|| labels.iter().map(|l| l.to_string()).collect()),
             }
         })
     }
@@ -284,9 +380,21 @@ impl Sink for PromSink {
     }
 
     fn site_gone(&mut self, site_id: u64) {
-        // The series stay registered (counters are cumulative); only the
-        // cached handles go.
-        self.sites.remove(&site_id);
+        // Standalone mode: the series stay (gmon's families aggregate every
+        // process of the binary); only the cached handles go. Node mode:
+        // the series name the exited process, so they go with it, or they
+        // would pile up with every process ever seen.
+        if let Some(SiteSeries {
+            labels: Some(labels),
+            ..
+        }) = self.sites.remove(&site_id)
+        {
+            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let m = &self.metrics;
+            let _ = m.creation.remove_label_values(&l);
+            let _ = m.exit.remove_label_values(&l);
+            let _ = m.uptime.remove_label_values(&l);
+        }
     }
 }
 
@@ -347,6 +455,7 @@ mod tests {
                     .collect(),
                 creator: None,
                 start: None,
+                proc: None,
             }),
         }
     }

@@ -14,6 +14,18 @@ use agent_common::{EVENT_CREATE, EVENT_EXIT, GoroutineEvent, NO_STACK};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
+/// Who a site belongs to, in node mode: the process, its executable and,
+/// in a container, the container id and pod UID that Kubernetes metadata
+/// joins on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcLabels {
+    pub pid: u32,
+    /// Executable path as the process sees it (inside its container).
+    pub binary: String,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+}
+
 /// Where goroutines come from: the `go` statement and what it started.
 #[derive(Debug)]
 pub struct Site {
@@ -25,6 +37,8 @@ pub struct Site {
     pub creator: Option<Frame>,
     /// The goroutine's own function (from g.startpc).
     pub start: Option<Frame>,
+    /// The process it was seen in (node mode only).
+    pub proc: Option<Arc<ProcLabels>>,
 }
 
 /// A goroutine being tracked.
@@ -72,6 +86,9 @@ pub struct Stats {
 }
 
 struct Proc {
+    labels: Option<Arc<ProcLabels>>,
+    /// The previous sweep found the process gone.
+    found_dead: bool,
     key: Option<ProcessKey>,
     bias: Option<u64>,
     live: HashMap<u64, Goroutine>,
@@ -109,6 +126,21 @@ impl Tracker {
         self.procs.len()
     }
 
+    /// Labels the sites of process `pid` from now on (node mode).
+    pub fn set_labels(&mut self, labels: Arc<ProcLabels>) {
+        let pid = labels.pid;
+        self.proc(pid).labels = Some(labels);
+    }
+
+    /// Forgets process `pid` now (it exited): its goroutines are dropped
+    /// and counted, its kernel stacks and cached series released.
+    pub fn remove_process(&mut self, pid: u32, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
+        if let Some(p) = self.procs.remove(&pid) {
+            self.stats.dropped_with_process += p.live.len() as u64;
+            release_sites(&p, stacks, sink);
+        }
+    }
+
     pub fn on_event(
         &mut self,
         ev: &GoroutineEvent,
@@ -136,6 +168,8 @@ impl Tracker {
                 }
             };
             Proc {
+                labels: None,
+                found_dead: false,
                 key: ProcessKey::of(pid),
                 bias,
                 live: HashMap::default(),
@@ -188,6 +222,7 @@ impl Tracker {
 
     fn resolve_site(&mut self, ev: &GoroutineEvent, stacks: &mut dyn StackSource) -> Site {
         let bias = self.proc(ev.pid).bias;
+        let proc_labels = self.proc(ev.pid).labels.clone();
         // Every source frame of a PC (inlined calls first), or its address
         // when it cannot be resolved.
         let frames = |pc: u64, stats: &mut Stats| -> Vec<Frame> {
@@ -231,27 +266,40 @@ impl Tracker {
             stack,
             creator,
             start,
+            proc: proc_labels,
         }
     }
 
-    /// Forgets processes that have exited, their kernel-side stacks and
-    /// what sinks cached for their sites; returns the goroutines dropped.
+    /// Forgets processes that have exited (on the second sweep that finds
+    /// them gone), their kernel-side stacks and what sinks cached for their
+    /// sites; returns the goroutines dropped.
     pub fn sweep(&mut self, stacks: &mut dyn StackSource, sink: &mut dyn Sink) -> u64 {
         let mut dropped = 0;
         self.procs.retain(|_, p| {
-            let alive = p.key.is_some_and(|k| k.alive());
-            if !alive {
-                dropped += p.live.len() as u64;
-                for (&(stack, _, _), site) in &p.sites {
-                    if stack != NO_STACK {
-                        stacks.forget(stack);
-                    }
-                    sink.site_gone(site.id);
-                }
+            if p.key.is_some_and(|k| k.alive()) {
+                return true;
             }
-            alive
+            // Found dead: keep it until the next sweep, so the events it
+            // sent just before dying (still in the ring buffer) are matched.
+            if !p.found_dead {
+                p.found_dead = true;
+                return true;
+            }
+            dropped += p.live.len() as u64;
+            release_sites(p, stacks, sink);
+            false
         });
         self.stats.dropped_with_process += dropped;
         dropped
+    }
+}
+
+/// Releases what a departed process's sites hold outside the tracker.
+fn release_sites(p: &Proc, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
+    for (&(stack, _, _), site) in &p.sites {
+        if stack != NO_STACK {
+            stacks.forget(stack);
+        }
+        sink.site_gone(site.id);
     }
 }

@@ -189,13 +189,24 @@ impl Probes {
     /// Attaches both probes to `bin`, for every process running it or only
     /// for `pid`. On failure nothing stays attached.
     pub fn attach(&mut self, bin: &GoBinary, pid: Option<NonZeroU32>) -> Result<Attachment, Error> {
-        self.attach_programs(bin, pid, ["newproc1_ret", "goexit1"])
+        self.attach_programs(bin, &bin.path, pid, ["newproc1_ret", "goexit1"])
+    }
+
+    /// Like `attach`, for every process, naming the file by `path` (e.g.
+    /// /proc/PID/exe of a live process) rather than the path it was
+    /// analysed under, which may be gone.
+    pub fn attach_via(
+        &mut self,
+        bin: &GoBinary,
+        path: &std::path::Path,
+    ) -> Result<Attachment, Error> {
+        self.attach_programs(bin, path, None, ["newproc1_ret", "goexit1"])
     }
 
     /// Attaches an empty program at the same sites: the bare trap cost,
     /// which the overhead benchmark compares the real probes against.
     pub fn attach_noop(&mut self, bin: &GoBinary) -> Result<Attachment, Error> {
-        self.attach_programs(bin, None, ["noop", "noop"])
+        self.attach_programs(bin, &bin.path, None, ["noop", "noop"])
     }
 
     /// Removes a binary's uprobes and frees its slot.
@@ -216,6 +227,7 @@ impl Probes {
     fn attach_programs(
         &mut self,
         bin: &GoBinary,
+        path: &std::path::Path,
         pid: Option<NonZeroU32>,
         [create, exit]: [&'static str; 2],
     ) -> Result<Attachment, Error> {
@@ -255,9 +267,9 @@ impl Probes {
                         location: UProbeAttachLocation::AbsoluteOffset(offset),
                         cookie: Some(cookie.into()),
                     };
-                    prog.attach(point, &bin.path, scope).map_err(|e| Error::Attach {
+                    prog.attach(point, path, scope).map_err(|e| Error::Attach {
                         program,
-                        path: bin.path.display().to_string(),
+                        path: path.display().to_string(),
                         offset,
                         reason: if is_eperm(&e) {
                             "permission denied: attaching uprobes needs CAP_SYS_ADMIN (run with sudo)"

@@ -20,6 +20,11 @@ impl EventReader {
         Ok(EventReader { ring })
     }
 
+    /// The ring buffer's fd, to poll it together with others.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+
     /// Waits until the kernel signals data or `timeout` passes.
     pub fn wait(&self, timeout: Duration) {
         let mut pfd = libc::pollfd {

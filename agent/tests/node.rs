@@ -1,0 +1,314 @@
+//! Node mode (no --path), as root against real processes on this host:
+//! discovery latency, one attachment per binary, cleanup after churn, a
+//! binary replaced in place, and selection.
+
+use e2e::{Proc, fixture, free_port, http_get, piped, require_root, wait_for};
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    sync::{Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+// One node-mode agent at a time: each sees every process on the host.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct NodeAgent {
+    proc: Proc,
+    stderr: mpsc::Receiver<String>,
+    /// Everything the agent logged, for failure messages.
+    log: std::sync::Arc<Mutex<Vec<String>>>,
+    port: u16,
+}
+
+/// Starts the agent in node mode, limited to the fixtures (other Go
+/// programs on the machine are none of the tests' business).
+fn node_agent(extra: &[&str]) -> NodeAgent {
+    let port = free_port();
+    let fixtures = format!("{}/*", fixture("spawner").parent().unwrap().display());
+    let mut proc = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+            .args([
+                "--metrics",
+                &port.to_string(),
+                "--level",
+                "WARN",
+                "--include",
+            ])
+            .arg(&fixtures)
+            .args(extra)
+            .env("GMON_AGENT_LOG", "gmon_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let (tx, stderr) = mpsc::channel();
+    let err = proc.child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let all = log.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            all.lock().unwrap().push(l.clone());
+            let _ = tx.send(l);
+        }
+    });
+    let agent = NodeAgent {
+        proc,
+        stderr,
+        log,
+        port,
+    };
+    agent.wait_line(Duration::from_secs(20), |l| l.contains("initial scan done"));
+    agent
+}
+
+impl NodeAgent {
+    fn wait_line(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(l) = self.stderr.recv_timeout(left) else {
+                let tail = &seen[seen.len().saturating_sub(30)..];
+                panic!(
+                    "agent did not log what was expected in {timeout:?}; it logged:\n{}",
+                    tail.join("\n")
+                );
+            };
+            if f(&l) {
+                return l;
+            }
+            seen.push(l);
+        }
+    }
+
+    /// Waits until every pid in `pids` has been reported probed.
+    fn wait_probed(&self, pids: &[u32]) {
+        let mut left: std::collections::HashSet<u32> = pids.iter().copied().collect();
+        while !left.is_empty() {
+            let l = self.wait_line(Duration::from_secs(5), |l| l.contains("process probed"));
+            if let Some(pid) = l
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("pid="))
+                .and_then(|v| v.parse().ok())
+            {
+                left.remove(&pid);
+            }
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.port, "/metrics").unwrap();
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.proc.pid()))
+            .unwrap()
+            .count()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    }
+}
+
+/// A spawner waiting for its start line.
+fn waiting_spawner(name: &str) -> Proc {
+    let mut p = Proc::spawn(piped(fixture(name)).arg("-rounds=1"));
+    let mut lines = p.stdout_lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("ready"));
+    std::mem::forget(lines); // keep the pipe open
+    p
+}
+
+#[test]
+fn go_programs_started_later_are_probed_within_a_second() {
+    if !require_root("node test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = node_agent(&[]);
+    let shapes = [
+        "spawner",
+        "spawner-pie-stripped",
+        "spawner-go1.24",
+        "spawner-go1.26-pie-stripped",
+    ];
+    let mut latencies = Vec::new();
+    let mut procs = Vec::new();
+    for i in 0..20 {
+        let t0 = Instant::now();
+        let mut child = Command::new(fixture(shapes[i % shapes.len()]))
+            .arg("-rounds=1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        agent.wait_line(Duration::from_secs(5), |l| {
+            l.contains("process probed") && l.contains(&format!("pid={pid} "))
+        });
+        latencies.push(t0.elapsed());
+        // Start it, and keep it alive (stdin open) so its binary stays
+        // attached for the next process of the same binary.
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin).unwrap();
+        procs.push((child, stdin));
+    }
+    let agent_side = agent.metric("gmon_agent_discovery_latency_seconds_sum")
+        / agent.metric("gmon_agent_discovery_latency_seconds_count");
+    latencies.sort();
+    let p95 = latencies[latencies.len() * 95 / 100 - 1];
+    eprintln!(
+        "discovery latency seen by the test: median {:?}, p95 {p95:?}, max {:?}; exec to probed in the agent: mean {:.1} ms",
+        latencies[10],
+        latencies[19],
+        agent_side * 1e3
+    );
+    assert!(p95 < Duration::from_secs(1), "p95 {p95:?}");
+    // One attachment per distinct binary, not per process.
+    assert_eq!(
+        agent.metric("gmon_agent_go_binaries_found_total"),
+        shapes.len() as f64
+    );
+    assert_eq!(
+        agent.metric("gmon_agent_binaries_attached"),
+        shapes.len() as f64
+    );
+    // The gauge is refreshed once a second.
+    wait_for(Duration::from_secs(3), || {
+        (agent.metric("gmon_agent_processes_tracked") == 20.0).then_some(())
+    })
+    .expect("20 processes tracked");
+    // Their goroutines were seen, labelled with pid and binary.
+    wait_for(Duration::from_secs(5), || {
+        (agent.metric("gmon_goroutine_creation{") >= 20.0 * 4.0).then_some(())
+    })
+    .expect("creations of 20 spawners counted");
+    let (_, body) = http_get(agent.port, "/metrics").unwrap();
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("gmon_goroutine_creation{"))
+        .unwrap();
+    assert!(
+        line.contains("pid=\"") && line.contains("binary=\"/"),
+        "{line}"
+    );
+}
+
+#[test]
+fn churn_of_200_processes_leaves_nothing_behind() {
+    if !require_root("node test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = node_agent(&[]);
+    // Warm up once (first attach allocates maps and caches), then measure.
+    let mut w = waiting_spawner("spawner");
+    writeln!(w.stdin()).unwrap();
+    wait_for(Duration::from_secs(5), || {
+        (agent.metric("gmon_agent_binaries_attached") == 0.0).then_some(())
+    });
+    let (fds0, rss0) = (agent.fds(), agent.rss_kib());
+    let mut done = 0;
+    while done < 200 {
+        let batch: Vec<_> = (0..20).map(|_| waiting_spawner("spawner")).collect();
+        agent.wait_probed(&batch.iter().map(|p| p.pid()).collect::<Vec<_>>());
+        for mut p in batch {
+            writeln!(p.stdin()).unwrap();
+            drop(p.child.stdin.take());
+            let _ = p.child.wait();
+            done += 1;
+        }
+    }
+    let settled = wait_for(Duration::from_secs(10), || {
+        let idle = agent.metric("gmon_agent_binaries_attached") == 0.0
+            && agent.metric("gmon_agent_processes_tracked") == 0.0
+            && agent.metric("gmon_agent_goroutines_tracked") == 0.0;
+        idle.then_some(())
+    });
+    assert!(settled.is_some(), "state left after churn");
+    // Every goroutine of every process was seen (their series went with
+    // their processes), none dropped for want of a process.
+    assert!(agent.metric("gmon_agent_events_received_total{kind=\"create\"}") >= 200.0 * 4.0);
+    let unknown = agent.metric("gmon_agent_unknown_process_events_total");
+    if unknown > 0.0 {
+        let log = agent.log.lock().unwrap();
+        let first = log.iter().find(|l| l.contains("unknown process")).unwrap();
+        let pid = first
+            .split_whitespace()
+            .find(|kv| kv.starts_with("pid="))
+            .unwrap()
+            .to_owned();
+        let lines: Vec<&String> = log
+            .iter()
+            .filter(|l| {
+                l.contains(&format!("{pid} ")) || l.contains("attached") || l.contains("detaching")
+            })
+            .take(40)
+            .collect();
+        panic!("{unknown} events from unknown processes, first {first}:\n{lines:#?}");
+    }
+    assert!(
+        !http_get(agent.port, "/metrics")
+            .unwrap()
+            .1
+            .contains("gmon_goroutine_creation{")
+    );
+    let (fds1, rss1) = (agent.fds(), agent.rss_kib());
+    eprintln!("after 200 processes: fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB");
+    assert!(fds1 <= fds0, "file descriptors leaked: {fds0} -> {fds1}");
+    assert!(rss1 < rss0 + 8 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+}
+
+#[test]
+fn a_binary_replaced_in_place_is_analysed_afresh_and_selection_applies() {
+    if !require_root("node test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::copy(fixture("spawner"), &app).unwrap();
+    let agent = node_agent(&[
+        "--include",
+        &format!("{}/*", dir.path().display()),
+        "--exclude",
+        "**/spawner-stripped",
+    ]);
+    let mut first = Proc::spawn(piped(&app).arg("-rounds=1"));
+    agent.wait_line(Duration::from_secs(5), |l| {
+        l.contains("attached") && l.contains("go=go1.23.5")
+    });
+    // Redeploy: a new file (new inode) renamed over the old path.
+    let new = dir.path().join("app.new");
+    std::fs::copy(fixture("spawner-go1.24"), &new).unwrap();
+    std::fs::rename(&new, &app).unwrap();
+    let mut second = Proc::spawn(piped(&app).arg("-rounds=1"));
+    agent.wait_line(Duration::from_secs(5), |l| {
+        l.contains("attached") && l.contains("go=go1.24.4")
+    });
+    assert_eq!(agent.metric("gmon_agent_binaries_attached"), 2.0);
+    // Excluded: never probed, counted.
+    let mut excluded = Proc::spawn(piped(fixture("spawner-stripped")).arg("-rounds=1"));
+    wait_for(Duration::from_secs(5), || {
+        (agent.metric("gmon_agent_processes_skipped_total{reason=\"excluded\"}") >= 1.0)
+            .then_some(())
+    })
+    .expect("excluded process counted");
+    for p in [&mut first, &mut second, &mut excluded] {
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+    wait_for(Duration::from_secs(5), || {
+        (agent.metric("gmon_agent_binaries_attached") == 0.0).then_some(())
+    })
+    .expect("both detached");
+}
