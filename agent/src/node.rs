@@ -17,6 +17,7 @@ use crate::{
     process::{
         ProcessKey,
         cgroup::{self, Container},
+        realfile,
         select::{Config, Rejection, Selection},
     },
     run::{DRAIN_INTERVAL, Error, HOUSEKEEPING_INTERVAL, Servers, raise_memlock_limit},
@@ -300,7 +301,10 @@ impl Node {
         // /proc/PID/exe opens the file in the process's own mount
         // namespace, so containers need nothing special.
         let exe_link = format!("/proc/{pid}/exe");
-        let id = BinaryId::of(exe_link.as_ref()).map_err(|_| Skip::Gone)?;
+        // The layer file's identity, not the per-container overlay one: one
+        // image's containers share one attachment.
+        let id = realfile::real_binary_id(pid).map_err(|_| Skip::Gone)?;
+        tracing::trace!(pid, dev = id.dev, ino = id.ino, "binary identity");
         if Some(id) == self.own_exe {
             return Err(Skip::Own);
         }
@@ -317,7 +321,7 @@ impl Node {
         if let Some(s) = self.skipped.get(&id) {
             return Err(s.clone());
         }
-        let verdict = self.probe_binary(pid, &exe_link, &exe);
+        let verdict = self.probe_binary(pid, id, &exe_link, &exe);
         match verdict {
             Ok(()) => Ok((id, exe, container)),
             Err(s) => {
@@ -332,7 +336,13 @@ impl Node {
         }
     }
 
-    fn probe_binary(&mut self, pid: u32, exe_link: &str, exe: &str) -> Result<(), Skip> {
+    fn probe_binary(
+        &mut self,
+        pid: u32,
+        id: BinaryId,
+        exe_link: &str,
+        exe: &str,
+    ) -> Result<(), Skip> {
         let bin = match self.cache.get(exe_link.as_ref()) {
             Ok(b) => b,
             Err(gobin::Error::Open(..)) => return Err(Skip::Gone),
@@ -384,7 +394,7 @@ impl Node {
         );
         let tracker = Tracker::new(bin.clone(), self.depth);
         self.bins.insert(
-            bin.id,
+            id,
             Bin {
                 exe: exe.to_owned(),
                 bin,

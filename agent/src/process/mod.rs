@@ -2,6 +2,7 @@
 //! mapped it (the load bias that PIE and ASLR add to every address).
 
 pub mod cgroup;
+pub mod realfile;
 pub mod select;
 
 use crate::gobin::{BinaryId, GoBinary};
