@@ -37,5 +37,10 @@ for r in 1.24 1.26; do
   build "$go" "spawner-go$r" spawner
   build "$go" "spawner-go$r-pie-stripped" spawner -buildmode=pie "$strip"
 done
+# A static program that is not Go (for the container tests).
+if [ ! -x "$out/c-waiter" ] || [ "$root/fixture/c/waiter.c" -nt "$out/c-waiter" ]; then
+  gcc -static -O2 -o "$out/c-waiter" "$root/fixture/c/waiter.c"
+  echo "fixture: built c-waiter" >&2
+fi
 # A Go release older than 1.23, which the agent must refuse.
 build $GO119 spawner-go1.19 spawner

@@ -312,3 +312,172 @@ fn a_binary_replaced_in_place_is_analysed_afresh_and_selection_applies() {
     })
     .expect("both detached");
 }
+
+const DOCKER: &str = "/usr/bin/docker";
+
+/// True when a Docker daemon answers (scripts/docker-up.sh starts one); in
+/// CI its absence is a failure, elsewhere the test is skipped.
+fn require_docker() -> bool {
+    let ok = Command::new(DOCKER)
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok && std::env::var_os("CI").is_some() {
+        panic!("no Docker daemon: scripts/test.sh starts one with scripts/docker-up.sh");
+    }
+    if !ok {
+        eprintln!("skipping container test: no Docker daemon (run scripts/docker-up.sh)");
+    }
+    ok
+}
+
+/// A FROM-scratch image holding one static fixture as /app.
+fn image(fixture_name: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture(fixture_name), dir.path().join("app")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY app /app\nENTRYPOINT [\"/app\"]\n",
+    )
+    .unwrap();
+    let tag = format!("gmon-agent-test/{fixture_name}:latest");
+    let st = Command::new(DOCKER)
+        .args(["build", "-q", "-t", &tag])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "docker build {tag}");
+    tag
+}
+
+/// A container in a Kubernetes-shaped cgroup, its stdin held open.
+struct Container {
+    proc: Proc,
+    id: String,
+}
+
+fn container(image: &str, pod_uid: &str, cidfile: &std::path::Path, args: &[&str]) -> Container {
+    let proc = Proc::spawn(
+        Command::new(DOCKER)
+            .args(["run", "-i", "--rm", "--cgroup-parent"])
+            .arg(format!("/kubepods/burstable/pod{pod_uid}"))
+            .arg("--cidfile")
+            .arg(cidfile)
+            .arg(image)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let id = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(cidfile)
+            .ok()
+            .filter(|s| s.len() == 64)
+    })
+    .expect("container started");
+    Container { proc, id }
+}
+
+#[test]
+fn containers_of_one_image_share_one_attachment_and_carry_their_ids() {
+    if !require_root("container test") || !require_docker() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (spawner, newer, not_go) = (image("spawner"), image("spawner-go1.24"), image("c-waiter"));
+    let agent = node_agent(&["--include", "/app"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let uids = [
+        "0d1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f1",
+        "0d1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f2",
+        "0d1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f3",
+    ];
+    let mut cs: Vec<Container> = uids
+        .iter()
+        .enumerate()
+        .map(|(i, uid)| {
+            container(
+                &spawner,
+                uid,
+                &tmp.path().join(format!("c{i}")),
+                &["-rounds=1"],
+            )
+        })
+        .collect();
+    // A different Go binary in a container is probed too; a non-Go one and
+    // a Go 1.19 program on the host are skipped with a reason.
+    let mut other = container(&newer, uids[0], &tmp.path().join("other"), &["-rounds=1"]);
+    let mut c_prog = container(&not_go, uids[1], &tmp.path().join("c"), &[]);
+    wait_for(Duration::from_secs(10), || {
+        (agent.metric("gmon_agent_processes_tracked") == 4.0).then_some(())
+    })
+    .expect("4 Go containers tracked");
+    assert_eq!(
+        agent.metric("gmon_agent_binaries_attached"),
+        2.0,
+        "one attachment per image"
+    );
+    wait_for(Duration::from_secs(5), || {
+        (agent.metric("gmon_agent_processes_skipped_total{reason=\"not_go\"}") >= 1.0).then_some(())
+    })
+    .expect("the non-Go container skipped");
+    // Start them, keeping stdin open: a spawner exits at EOF, and node
+    // mode deletes an exited process's series.
+    let mut stdins = Vec::new();
+    for c in cs.iter_mut().chain([&mut other]) {
+        let mut s = c.proc.stdin();
+        writeln!(s).unwrap();
+        stdins.push(s);
+    }
+    wait_for(Duration::from_secs(10), || {
+        let (_, body) = http_get(agent.port, "/metrics").unwrap();
+        let all = cs.iter().zip(uids).all(|(c, uid)| {
+            body.lines().any(|l| {
+                l.starts_with("gmon_goroutine_creation{")
+                    && l.contains(&format!("container_id=\"{}\"", c.id))
+                    && l.contains(&format!("pod_uid=\"{uid}\""))
+                    && l.contains("binary=\"/app\"")
+            })
+        });
+        all.then_some(())
+    })
+    .expect("every container's goroutines labelled with its container id and pod UID");
+    assert_eq!(agent.metric("gmon_agent_unknown_process_events_total"), 0.0);
+    drop(stdins);
+    for p in cs
+        .iter_mut()
+        .map(|c| &mut c.proc)
+        .chain([&mut other.proc, &mut c_prog.proc])
+    {
+        drop(p.child.stdin.take());
+        let _ = p.child.wait();
+    }
+    wait_for(Duration::from_secs(10), || {
+        (agent.metric("gmon_agent_binaries_attached") == 0.0).then_some(())
+    })
+    .expect("detached once the containers exited");
+}
+
+#[test]
+fn go_older_than_1_23_is_skipped_with_a_logged_reason() {
+    if !require_root("node test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = node_agent(&[]);
+    let mut old = Proc::spawn(piped(fixture("spawner-go1.19")).arg("-rounds=1"));
+    let line = agent.wait_line(Duration::from_secs(5), |l| l.contains("not probed"));
+    assert!(
+        line.contains("go1.19") && line.contains("Go 1.23 or newer"),
+        "{line}"
+    );
+    assert_eq!(
+        agent.metric("gmon_agent_processes_skipped_total{reason=\"too_old\"}"),
+        1.0
+    );
+    assert_eq!(agent.metric("gmon_agent_binaries_attached"), 0.0);
+    drop(old.child.stdin.take());
+    let _ = old.child.wait();
+}
