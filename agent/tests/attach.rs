@@ -105,7 +105,7 @@ fn every_goroutine_is_seen_once_created_and_once_exited_with_its_site() {
     if !require_root("attach test") {
         return;
     }
-    let _g = SERIAL.lock().unwrap();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (reported, rec, tracker) = trace_spawner("spawner", 25, false);
     assert_eq!(reported.len(), 100);
     check_seen(&reported, &rec, &tracker);
@@ -185,7 +185,7 @@ fn stripped_pie_cgo_and_newer_go_binaries_are_traced_alike() {
     if !require_root("attach test") {
         return;
     }
-    let _g = SERIAL.lock().unwrap();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for name in [
         "spawner-stripped",
         "spawner-pie",
@@ -209,7 +209,7 @@ fn pid_scope_ignores_other_processes_of_the_same_binary() {
     if !require_root("attach test") {
         return;
     }
-    let _g = SERIAL.lock().unwrap();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // A second spawner running the same binary, not selected.
     let mut other = Proc::spawn(piped(fixture("spawner")).arg("-rounds=5"));
     let mut other_in = other.stdin();
@@ -228,7 +228,7 @@ fn dropping_the_probes_leaves_nothing_loaded() {
     if !require_root("attach test") {
         return;
     }
-    let _g = SERIAL.lock().unwrap();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _ = trace_spawner("spawner", 1, false);
     let names = loaded_bpf_programs();
     assert!(
