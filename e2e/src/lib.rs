@@ -48,6 +48,16 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe. If the test thread dies
+        // without unwinding (a timeout's SIGKILL), the child dies with it
+        // rather than keeping probes loaded for the next run.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
