@@ -105,6 +105,27 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing_attached() {
         &port,
     ]));
     assert!(line.contains("not the binary given with --path"), "{line}");
+    // Node mode's config file: missing, or with a misspelt key.
+    let line =
+        one_line_error(agent().args(["--config", "/nonexistent/gmon.yaml", "--metrics", &port]));
+    assert!(
+        line.contains("cannot read the config file /nonexistent/gmon.yaml"),
+        "{line}"
+    );
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "inclde: ['/app']\n").unwrap();
+    let line = one_line_error(
+        agent()
+            .arg("--config")
+            .arg(bad.path())
+            .args(["--metrics", &port]),
+    );
+    assert!(
+        line.contains("unknown field") && line.contains("include, exclude, scope"),
+        "{line}"
+    );
+    let line = one_line_error(agent().args(["--include", "[", "--metrics", &port]));
+    assert!(line.contains("bad glob"), "{line}");
     if require_root("privilege test") {
         // Without privileges: the same valid binary, run as nobody.
         let line = one_line_error(
