@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Fetches Go releases newer than bookworm's into a private folder, without
-# touching the system: Debian trixie and sid packages, downloaded with a
-# private apt configuration and unpacked with dpkg-deb. Idempotent.
+# Fetches what bookworm lacks into a private folder, without touching the
+# system: Go releases newer than bookworm's, and VictoriaMetrics (an OTLP
+# metrics backend for the export tests), as Debian trixie/sid packages
+# downloaded with a private apt configuration and unpacked with dpkg-deb.
+# Idempotent.
 #   /var/cache/gmon-agent/go/<release>/usr/lib/go-<release>/bin/go
+#   /var/cache/gmon-agent/vm/usr/bin/victoria-metrics
 set -euo pipefail
 cache=/var/cache/gmon-agent
 releases=(1.24 1.26)
@@ -10,7 +13,8 @@ releases=(1.24 1.26)
 have() { [ -x "$cache/go/$1/usr/lib/go-$1/bin/go" ]; }
 missing=()
 for r in "${releases[@]}"; do have "$r" || missing+=("$r"); done
-[ ${#missing[@]} -eq 0 ] && exit 0
+vm=$cache/vm/usr/bin/victoria-metrics
+[ ${#missing[@]} -eq 0 ] && [ -x "$vm" ] && exit 0
 
 apt_dir=$cache/apt-go
 mkdir -p "$apt_dir"/{lists/partial,archives/partial,etc}
@@ -30,9 +34,15 @@ APT::Architecture "amd64";
 APT::Sandbox::User "root";
 CONF
 export APT_CONFIG=$apt_dir/etc/apt.conf
-echo "fetch-go: fetching Go ${missing[*]} from Debian trixie/sid" >&2
+echo "fetch-go: fetching Go ${missing[*]:-} / VictoriaMetrics from Debian trixie/sid" >&2
 apt-get update -qq
-for r in "${missing[@]}"; do
+if [ ! -x "$vm" ]; then
+  (cd "$apt_dir/archives" && apt-get download -qq victoria-metrics)
+  rm -rf "$cache/vm" && mkdir -p "$cache/vm"
+  dpkg-deb -x "$(ls "$apt_dir"/archives/victoria-metrics_*.deb | tail -1)" "$cache/vm"
+  "$vm" -version >&2
+fi
+for r in "${missing[@]+"${missing[@]}"}"; do
   (cd "$apt_dir/archives" && apt-get download -qq "golang-$r-go" "golang-$r-src")
   rm -rf "$cache/go/$r.tmp" && mkdir -p "$cache/go/$r.tmp"
   for deb in "$apt_dir"/archives/golang-"$r"-{go,src}_*.deb; do

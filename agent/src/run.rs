@@ -8,6 +8,7 @@ use crate::{
     export::{
         Fanout,
         logfmt::{Clock, GmonLog},
+        otlp::{self, Otlp, OtlpSink},
         prometheus::{self as prom, Metrics, PromSink},
     },
     gobin::{self, GoBinary},
@@ -41,6 +42,8 @@ pub enum Error {
     Pprof(#[from] selfprof::Error),
     #[error(transparent)]
     Selection(#[from] process::select::Error),
+    #[error(transparent)]
+    Otlp(#[from] crate::export::otlp::Error),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -69,6 +72,11 @@ fn run_one(cli: Cli, path: &std::path::Path) -> Result<(), Error> {
         process::check_runs(pid.get(), binary.id)?;
     }
     let metrics = Metrics::new()?;
+    let otlp = if otlp::configured() {
+        Some(Otlp::from_env()?)
+    } else {
+        None
+    };
 
     let (rt, servers) = Servers::bind(&cli)?;
     raise_memlock_limit();
@@ -101,7 +109,15 @@ fn run_one(cli: Cli, path: &std::path::Path) -> Result<(), Error> {
         let depth = cli.stack_depth as usize;
         std::thread::Builder::new()
             .name("events".into())
-            .spawn(move || read_events(maps, binary, depth, level, clock, metrics, stop))?
+            .spawn(move || {
+                let out = Outputs {
+                    level,
+                    clock,
+                    metrics,
+                    otlp,
+                };
+                read_events(maps, binary, depth, out, stop)
+            })?
     };
 
     servers.run_until_signal(&rt, &metrics);
@@ -195,21 +211,35 @@ pub(crate) fn raise_memlock_limit() {
 }
 
 /// The event loop: drain, track, export; housekeeping once a second.
+/// Where the event loop's results go.
+struct Outputs {
+    level: crate::export::logfmt::Level,
+    clock: Clock,
+    metrics: Arc<Metrics>,
+    otlp: Option<Otlp>,
+}
+
 fn read_events(
     maps: Maps,
     binary: Arc<GoBinary>,
     depth: usize,
-    level: crate::export::logfmt::Level,
-    clock: Clock,
-    metrics: Arc<Metrics>,
+    out: Outputs,
     stop: Arc<AtomicBool>,
 ) {
+    let Outputs {
+        level,
+        clock,
+        metrics,
+        otlp,
+    } = out;
     let Maps {
         mut events,
         mut stacks,
         mut counters,
         ..
     } = maps;
+    let binary_version = binary.build.version_string.clone();
+    let binary_path = binary.path.display().to_string();
     let mut tracker = Tracker::new(binary, depth);
     let mut log = GmonLog::new(
         BufWriter::with_capacity(64 << 10, std::io::stdout()),
@@ -217,6 +247,15 @@ fn read_events(
         clock,
     );
     let mut prom = PromSink::new(metrics.clone());
+    let mut otlp_sink = otlp.as_ref().map(|o| {
+        OtlpSink::new(
+            &o.meter(),
+            OTLP_MAX_SITES,
+            &binary_version,
+            Some(binary_path.clone()),
+        )
+    });
+    let mut last_export = (0, 0, 0);
     metrics.add_kernel(&counters.deltas());
     metrics.add_stats(&tracker.stats, &tracker.stats);
     let mut last_stats = tracker.stats;
@@ -230,7 +269,7 @@ fn read_events(
         let mut malformed = 0;
         {
             let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
-            let mut sink = Fanout(vec![&mut log, &mut prom]);
+            let mut sink = sinks(&mut log, &mut prom, &mut otlp_sink);
             let n = events.drain(|ev| match ev {
                 Ok(ev) => {
                     metrics.received(ev.kind == EVENT_CREATE);
@@ -245,7 +284,23 @@ fn read_events(
         if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
             last_housekeeping = Instant::now();
             let _span = tracing::trace_span!("housekeeping").entered();
-            tracker.sweep(&mut stacks, &mut Fanout(vec![&mut log, &mut prom]));
+            tracker.sweep(&mut stacks, &mut sinks(&mut log, &mut prom, &mut otlp_sink));
+            if let (Some(o), Some(s)) = (&otlp, &otlp_sink) {
+                let now = (
+                    o.stats.exports.load(Ordering::Relaxed),
+                    o.stats.failures.load(Ordering::Relaxed),
+                    s.overflowed,
+                );
+                let failed = now.1 - last_export.1;
+                let ok = (now.0 - last_export.0).saturating_sub(failed);
+                metrics.otlp_exports.with_label_values(&["ok"]).inc_by(ok);
+                metrics
+                    .otlp_exports
+                    .with_label_values(&["failed"])
+                    .inc_by(failed);
+                metrics.otlp_sites_overflowed.inc_by(now.2 - last_export.2);
+                last_export = now;
+            }
             metrics.add_kernel(&counters.deltas());
             metrics.add_stats(&last_stats, &tracker.stats);
             last_stats = tracker.stats;
@@ -258,4 +313,24 @@ fn read_events(
             break;
         }
     }
+    // The last interval: export what is pending before the probes go.
+    if let Some(o) = otlp {
+        o.shutdown();
+    }
+}
+
+/// Distinct creation sites per process exported over OTLP; more go into one
+/// `other` site (counted).
+const OTLP_MAX_SITES: usize = 500;
+
+fn sinks<'a>(
+    log: &'a mut GmonLog<BufWriter<std::io::Stdout>>,
+    prom: &'a mut PromSink,
+    otlp: &'a mut Option<OtlpSink>,
+) -> Fanout<'a> {
+    let mut v: Vec<&'a mut dyn crate::model::Sink> = vec![log, prom];
+    if let Some(o) = otlp {
+        v.push(o);
+    }
+    Fanout(v)
 }

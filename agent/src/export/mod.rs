@@ -1,6 +1,7 @@
 //! Exporters: gmon-compatible stdout log lines and the Prometheus endpoint.
 
 pub mod logfmt;
+pub mod otlp;
 pub mod prometheus;
 
 use crate::model::{Goroutine, Sink};

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub uprobes_attached: IntGauge,
     /// Node mode: the gmon families also carry NODE_LABELS.
     node: bool,
+    /// OTLP exports by result (ok, failed).
+    pub otlp_exports: IntCounterVec,
+    /// Creation sites folded into `other` by the OTLP cardinality guard.
+    pub otlp_sites_overflowed: IntCounter,
     pub discovery: Discovery,
 }
 
@@ -206,6 +210,17 @@ impl Metrics {
                 "Uprobes currently attached",
             )?,
             node,
+            otlp_exports: counter_vec(
+                &r,
+                "gmon_agent_otlp_exports_total",
+                "OTLP metric exports, by result (ok, failed)",
+                &["result"],
+            )?,
+            otlp_sites_overflowed: counter(
+                &r,
+                "gmon_agent_otlp_sites_overflowed_total",
+                "Creation sites exported as `other` because a process had too many",
+            )?,
             discovery: Discovery {
                 processes_seen: counter(
                     &r,
