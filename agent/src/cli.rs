@@ -49,6 +49,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
 
+    /// Push metrics over OTLP/HTTP to this base URL (e.g. http://collector:4318); OTEL_EXPORTER_OTLP_ENDPOINT works too
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Node mode: probe only executables whose path (inside their container) matches this glob (repeatable)
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
@@ -67,7 +71,7 @@ pub struct Cli {
 }
 
 /// Flags that gmon (Go's flag package) also accepts with a single dash.
-const LONG_FLAGS: [&str; 12] = [
+const LONG_FLAGS: [&str; 13] = [
     "path",
     "pid",
     "metrics",
@@ -80,6 +84,7 @@ const LONG_FLAGS: [&str; 12] = [
     "exclude",
     "scope",
     "config",
+    "otlp-endpoint",
 ];
 
 /// Value names whose flags Go's flag package would show as `int`.

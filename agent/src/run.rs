@@ -72,8 +72,8 @@ fn run_one(cli: Cli, path: &std::path::Path) -> Result<(), Error> {
         process::check_runs(pid.get(), binary.id)?;
     }
     let metrics = Metrics::new()?;
-    let otlp = if otlp::configured() {
-        Some(Otlp::from_env()?)
+    let otlp = if cli.otlp_endpoint.is_some() || otlp::configured() {
+        Some(Otlp::new(cli.otlp_endpoint.as_deref())?)
     } else {
         None
     };

@@ -11,6 +11,9 @@ use std::{
 
 const VM: &str = "/var/cache/gmon-agent/vm/usr/bin/victoria-metrics";
 
+// Each agent traces every process of the spawner binary: one test at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Latest value of each series matching `selector`, summed.
 fn vm_sum(port: u16, selector: &str) -> f64 {
     let path = format!("/api/v1/export?match[]={}", selector.replace(' ', "%20"));
@@ -26,29 +29,18 @@ fn spawner_counts_reach_victoriametrics_exactly() {
     if !require_root("OTLP test") {
         return;
     }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert!(
         std::path::Path::new(VM).exists(),
         "{VM} is missing: scripts/fetch-go.sh (run by the bootstrap) fetches it"
     );
     let data = tempfile::tempdir().unwrap();
     let vm_port = free_port();
-    let _vm = Proc::spawn(
-        Command::new(VM)
-            .arg(format!("-storageDataPath={}", data.path().display()))
-            .arg(format!("-httpListenAddr=127.0.0.1:{vm_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for(Duration::from_secs(10), || {
-        http_get(vm_port, "/health").ok()
-    })
-    .expect("VictoriaMetrics up");
-
-    let spawner = fixture("spawner");
+    let _vm = victoria(vm_port, data.path());
     let mut agent = Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
             .arg("--path")
-            .arg(&spawner)
+            .arg(fixture("spawner"))
             .args(["--metrics", "0"])
             .env(
                 "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
@@ -67,28 +59,7 @@ fn spawner_counts_reach_victoriametrics_exactly() {
         }
     }
     std::thread::spawn(move || for _ in err {});
-
-    let mut sp = Proc::spawn(piped(&spawner).arg("-rounds=10"));
-    let mut out = sp.stdout_lines();
-    assert!(out.next().unwrap().unwrap().starts_with("ready"));
-    let mut stdin = sp.stdin();
-    writeln!(stdin).unwrap();
-    let mut per_site = std::collections::HashMap::<String, f64>::new();
-    for l in out.by_ref() {
-        let l = l.unwrap();
-        if l.starts_with("done") {
-            break;
-        }
-        let site = l
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .trim_start_matches("site=")
-            .to_owned();
-        *per_site.entry(site).or_default() += 1.0;
-    }
-    drop(stdin);
-    let _ = sp.child.wait();
+    let per_site = run_spawner(10);
     // SIGTERM: the agent drains, exports the last interval, then exits.
     std::thread::sleep(Duration::from_millis(300));
     let st = agent
@@ -125,4 +96,105 @@ fn spawner_counts_reach_victoriametrics_exactly() {
         );
     }
     assert_eq!(per_site.values().sum::<f64>(), 40.0);
+}
+
+/// Starts VictoriaMetrics on `port` with its data in `dir`.
+fn victoria(port: u16, dir: &std::path::Path) -> Proc {
+    let vm = Proc::spawn(
+        Command::new(VM)
+            .arg(format!("-storageDataPath={}", dir.display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for(Duration::from_secs(10), || http_get(port, "/health").ok())
+        .expect("VictoriaMetrics up");
+    vm
+}
+
+/// Runs one spawner to completion; returns its per-site counts.
+fn run_spawner(rounds: u32) -> std::collections::HashMap<String, f64> {
+    let mut sp = Proc::spawn(piped(fixture("spawner")).arg(format!("-rounds={rounds}")));
+    let mut out = sp.stdout_lines();
+    assert!(out.next().unwrap().unwrap().starts_with("ready"));
+    let mut stdin = sp.stdin();
+    writeln!(stdin).unwrap();
+    let mut per_site = std::collections::HashMap::new();
+    for l in out.by_ref() {
+        let l = l.unwrap();
+        if l.starts_with("done") {
+            break;
+        }
+        let site = l
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("site=")
+            .to_owned();
+        *per_site.entry(site).or_default() += 1.0;
+    }
+    drop(stdin);
+    let _ = sp.child.wait();
+    per_site
+}
+
+#[test]
+fn totals_stay_exact_across_a_backend_outage() {
+    if !require_root("OTLP test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().unwrap();
+    let vm_port = free_port();
+    let mut vm = victoria(vm_port, data.path());
+    let metrics_port = free_port();
+    let mut agent = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+            .arg("--path")
+            .arg(fixture("spawner"))
+            .args(["--metrics", &metrics_port.to_string()])
+            .arg("--otlp-endpoint")
+            .arg(format!("http://127.0.0.1:{vm_port}/opentelemetry"))
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+            .env("OTEL_SERVICE_NAME", "gmon-agent-outage")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_for(Duration::from_secs(20), || {
+        let (_, body) = http_get(metrics_port, "/metrics").ok()?;
+        body.contains("gmon_agent_uprobes_attached 2").then_some(())
+    })
+    .expect("agent attached");
+    let mut want = run_spawner(5);
+    // The backend goes away; goroutines keep being created meanwhile.
+    vm.terminate(Duration::from_secs(10))
+        .expect("VictoriaMetrics stops");
+    for (site, n) in run_spawner(5) {
+        *want.entry(site).or_default() += n;
+    }
+    let failed = wait_for(Duration::from_secs(10), || {
+        let (_, body) = http_get(metrics_port, "/metrics").ok()?;
+        body.lines()
+            .find(|l| l.starts_with("gmon_agent_otlp_exports_total{result=\"failed\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter(|&n| n >= 1.0)
+    });
+    assert!(failed.is_some(), "export failures not counted");
+    // Back up on the same data: cumulative totals include the outage.
+    let _vm = victoria(vm_port, data.path());
+    for (site, n) in &want {
+        let sel = format!(
+            "{{__name__=\"go.goroutine.created\",go.goroutine.start=\"main.{site}\",service.name=\"gmon-agent-outage\"}}"
+        );
+        let got = wait_for(Duration::from_secs(15), || {
+            let _ = http_get(vm_port, "/internal/force_flush");
+            let c = vm_sum(vm_port, &sel);
+            (c == *n).then_some(c)
+        });
+        assert_eq!(got, Some(*n), "created for {site} after the outage");
+    }
+    let st = agent
+        .terminate(Duration::from_secs(15))
+        .expect("agent exits");
+    assert!(st.success(), "{st:?}");
 }

@@ -51,7 +51,13 @@ const LIFETIME_BUCKETS: [f64; 16] = [
 pub struct ExportStats {
     pub exports: AtomicU64,
     pub failures: AtomicU64,
+    /// When a failure was last logged (seconds since the Unix epoch).
+    last_logged: AtomicU64,
 }
+
+/// At most one export failure is logged per this many seconds; all are
+/// counted.
+const LOG_EVERY_SECS: u64 = 60;
 
 /// Wraps the OTLP exporter to count failures (the SDK only logs them).
 struct Counted<E> {
@@ -63,8 +69,22 @@ impl<E: PushMetricExporter> PushMetricExporter for Counted<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
         let r = self.inner.export(metrics).await;
         self.stats.exports.fetch_add(1, Ordering::Relaxed);
-        if r.is_err() {
-            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = &r {
+            let failures = self.stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let last = self.stats.last_logged.load(Ordering::Relaxed);
+            if now >= last + LOG_EVERY_SECS
+                && self
+                    .stats
+                    .last_logged
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(failures, "OTLP export failed (retried next interval): {e}");
+            }
         }
         r
     }
@@ -89,6 +109,12 @@ pub fn configured() -> bool {
     .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
 }
 
+/// The metrics URL for an `--otlp-endpoint` base URL, as the SDK derives
+/// it from OTEL_EXPORTER_OTLP_ENDPOINT.
+pub fn metrics_url(base: &str) -> String {
+    format!("{}/v1/metrics", base.trim_end_matches('/'))
+}
+
 /// The meter provider; shut it down at exit to flush the last interval.
 pub struct Otlp {
     provider: SdkMeterProvider,
@@ -96,12 +122,17 @@ pub struct Otlp {
 }
 
 impl Otlp {
-    pub fn from_env() -> Result<Self, Error> {
-        let exporter = opentelemetry_otlp::MetricExporter::builder()
+    /// `endpoint`: a base URL from the command line; otherwise the
+    /// standard environment variables apply.
+    pub fn new(endpoint: Option<&str>) -> Result<Self, Error> {
+        use opentelemetry_otlp::WithExportConfig;
+        let mut b = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
-            .with_temporality(Temporality::Cumulative)
-            .build()
-            .map_err(|e| Error::Exporter(e.to_string()))?;
+            .with_temporality(Temporality::Cumulative);
+        if let Some(e) = endpoint {
+            b = b.with_endpoint(metrics_url(e));
+        }
+        let exporter = b.build().map_err(|e| Error::Exporter(e.to_string()))?;
         let stats = Arc::new(ExportStats::default());
         let exporter = Counted {
             inner: exporter,
