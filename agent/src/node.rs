@@ -7,8 +7,8 @@
 use crate::{
     cli::Cli,
     export::{
-        Fanout,
         logfmt::{Clock, GmonLog},
+        otlp::{self, Otlp, OtlpSink},
         prometheus::{Metrics, PromSink},
     },
     gobin::{self, BinaryId, Cache, GoBinary},
@@ -20,7 +20,7 @@ use crate::{
         realfile,
         select::{Config, Rejection, Selection},
     },
-    run::{DRAIN_INTERVAL, Error, HOUSEKEEPING_INTERVAL, Servers, raise_memlock_limit},
+    run::{DRAIN_INTERVAL, Error, HOUSEKEEPING_INTERVAL, Servers, raise_memlock_limit, sinks},
 };
 use agent_common::{EVENT_CREATE, GoroutineEvent, PROC_EXEC, PROC_EXIT};
 use std::{
@@ -45,6 +45,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let scope = cli.scope.or(config.scope).unwrap_or_default();
     let selection = Selection::new(&include, &exclude, scope)?;
     let metrics = Metrics::new_node()?;
+    let otlp = if cli.otlp_endpoint.is_some() || otlp::configured() {
+        Some(Otlp::new(cli.otlp_endpoint.as_deref())?)
+    } else {
+        None
+    };
     let (rt, servers) = Servers::bind(&cli)?;
 
     raise_memlock_limit();
@@ -64,8 +69,19 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                     level,
                     clock,
                 );
-                let mut node = Node::new(probes, selection, depth, metrics.clone(), log);
+                let mut node = Node::new(
+                    probes,
+                    selection,
+                    depth,
+                    metrics.clone(),
+                    log,
+                    otlp.as_ref(),
+                );
                 node.run(maps, &stop);
+                // The last interval, before the probes go.
+                if let Some(o) = otlp {
+                    o.shutdown();
+                }
             })?
     };
     servers.run_until_signal(&rt, &metrics);
@@ -123,6 +139,7 @@ struct Node {
     metrics: Arc<Metrics>,
     log: GmonLog<BufWriter<std::io::Stdout>>,
     prom: PromSink,
+    otlp_sink: Option<OtlpSink>,
     own_pid: u32,
     own_exe: Option<BinaryId>,
     bins: HashMap<BinaryId, Bin>,
@@ -144,6 +161,7 @@ impl Node {
         depth: usize,
         metrics: Arc<Metrics>,
         log: GmonLog<BufWriter<std::io::Stdout>>,
+        otlp: Option<&Otlp>,
     ) -> Self {
         Node {
             probes,
@@ -151,6 +169,8 @@ impl Node {
             selection,
             depth,
             prom: PromSink::new(metrics.clone()),
+            otlp_sink: otlp
+                .map(|o| OtlpSink::new(&o.meter(), crate::run::OTLP_MAX_SITES, "unknown", None)),
             metrics,
             log,
             own_pid: std::process::id(),
@@ -247,16 +267,23 @@ impl Node {
             self.metrics.discovery.unknown_process_events.inc();
             return;
         };
-        let mut sink = Fanout(vec![&mut self.log, &mut self.prom]);
+        let mut sink = sinks(&mut self.log, &mut self.prom, &mut self.otlp_sink);
         bin.tracker.on_event(ev, stacks, &mut sink);
     }
 
     /// A process appeared (scan or exec): probe its binary if it is a Go
     /// program we should watch. `exec_ns` is the exec's kernel time.
     fn start(&mut self, pid: u32, exec_ns: Option<u64>, stacks: &mut KernelStacks) {
-        if self.procs.contains_key(&pid) {
-            // exec replaced the image: the old program is gone.
-            self.exited(pid, stacks);
+        if let Some(known) = self.procs.get(&pid) {
+            match realfile::real_binary_id(pid) {
+                // The same program: an exec seen by both the scan and the
+                // tracepoint (or a program re-executing itself).
+                Ok(id) if id == known.bin => return,
+                // Gone: its exit event follows.
+                Err(_) => return,
+                // exec replaced the image: the old program is gone.
+                Ok(_) => self.exited(pid, stacks),
+            }
         }
         self.metrics.discovery.processes_seen.inc();
         match self.classify(pid) {
@@ -269,6 +296,7 @@ impl Node {
                 b.pids.insert(pid);
                 b.tracker.set_labels(Arc::new(ProcLabels {
                     pid,
+                    runtime_version: b.bin.build.version_string.clone(),
                     binary: exe,
                     container_id: container.id,
                     pod_uid: container.pod_uid,
@@ -420,7 +448,7 @@ impl Node {
             return;
         };
         b.pids.remove(&pid);
-        let mut sink = Fanout(vec![&mut self.log, &mut self.prom]);
+        let mut sink = sinks(&mut self.log, &mut self.prom, &mut self.otlp_sink);
         b.tracker.remove_process(pid, stacks, &mut sink);
         if b.pids.is_empty() {
             let b = self.bins.remove(&entry.bin).expect("present");
@@ -450,7 +478,7 @@ impl Node {
             .collect();
         let (mut live, mut procs) = (0, 0);
         for (id, b) in &mut self.bins {
-            let mut sink = Fanout(vec![&mut self.log, &mut self.prom]);
+            let mut sink = sinks(&mut self.log, &mut self.prom, &mut self.otlp_sink);
             b.tracker.sweep(stacks, &mut sink);
             let before = last_stats.get(id).copied().unwrap_or_default();
             self.metrics.add_stats(&before, &b.tracker.stats);

@@ -321,9 +321,9 @@ fn read_events(
 
 /// Distinct creation sites per process exported over OTLP; more go into one
 /// `other` site (counted).
-const OTLP_MAX_SITES: usize = 500;
+pub(crate) const OTLP_MAX_SITES: usize = 500;
 
-fn sinks<'a>(
+pub(crate) fn sinks<'a>(
     log: &'a mut GmonLog<BufWriter<std::io::Stdout>>,
     prom: &'a mut PromSink,
     otlp: &'a mut Option<OtlpSink>,

@@ -114,9 +114,15 @@ fn victoria(port: u16, dir: &std::path::Path) -> Proc {
 
 /// Runs one spawner to completion; returns its per-site counts.
 fn run_spawner(rounds: u32) -> std::collections::HashMap<String, f64> {
+    run_spawner_after(rounds, || {})
+}
+
+/// Like `run_spawner`, calling `ready` once the spawner waits to start.
+fn run_spawner_after(rounds: u32, ready: impl FnOnce()) -> std::collections::HashMap<String, f64> {
     let mut sp = Proc::spawn(piped(fixture("spawner")).arg(format!("-rounds={rounds}")));
     let mut out = sp.stdout_lines();
     assert!(out.next().unwrap().unwrap().starts_with("ready"));
+    ready();
     let mut stdin = sp.stdin();
     writeln!(stdin).unwrap();
     let mut per_site = std::collections::HashMap::new();
@@ -197,4 +203,71 @@ fn totals_stay_exact_across_a_backend_outage() {
         .terminate(Duration::from_secs(15))
         .expect("agent exits");
     assert!(st.success(), "{st:?}");
+}
+
+#[test]
+fn node_mode_exports_per_process_with_its_release() {
+    if !require_root("OTLP test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let data = tempfile::tempdir().unwrap();
+    let vm_port = free_port();
+    let _vm = victoria(vm_port, data.path());
+    let metrics_port = free_port();
+    let fixtures = format!("{}/*", fixture("spawner").parent().unwrap().display());
+    let mut agent = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+            .args([
+                "--metrics",
+                &metrics_port.to_string(),
+                "--include",
+                &fixtures,
+            ])
+            .arg("--otlp-endpoint")
+            .arg(format!("http://127.0.0.1:{vm_port}/opentelemetry"))
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+            .env("OTEL_SERVICE_NAME", "gmon-agent-node")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(data.path().join("agent.log")).unwrap()),
+    );
+    wait_for(Duration::from_secs(20), || {
+        let (_, body) = http_get(metrics_port, "/metrics").ok()?;
+        body.contains("gmon_agent_binaries_attached").then_some(())
+    })
+    .expect("agent up");
+    // Start its goroutines once node mode has found the process.
+    let want = run_spawner_after(5, || {
+        wait_for(Duration::from_secs(5), || {
+            let (_, body) = http_get(metrics_port, "/metrics").ok()?;
+            body.contains("gmon_agent_binaries_attached 1")
+                .then_some(())
+        })
+        .expect("spawner probed");
+    });
+    let st = agent
+        .terminate(Duration::from_secs(15))
+        .expect("agent exits");
+    assert!(st.success(), "{st:?}");
+    let _ = http_get(vm_port, "/internal/force_flush");
+    let exe = fixture("spawner").display().to_string();
+    for (site, n) in &want {
+        let sel = format!(
+            "{{__name__=\"go.goroutine.created\",go.goroutine.start=\"main.{site}\",service.name=\"gmon-agent-node\",process.runtime.version=\"go1.23.5\",process.executable.path=\"{exe}\"}}"
+        );
+        let got = wait_for(Duration::from_secs(10), || {
+            let _ = http_get(vm_port, "/internal/force_flush");
+            let c = vm_sum(vm_port, &sel);
+            (c == *n).then_some(c)
+        });
+        if got != Some(*n) {
+            let (_, all) = http_get(
+                vm_port,
+                "/api/v1/export?match[]={__name__=\"go.goroutine.created\"}",
+            )
+            .unwrap();
+            let log = std::fs::read_to_string(data.path().join("agent.log")).unwrap_or_default();
+            panic!("created for {site} in node mode: want {n}; stored:\n{all}\nagent:\n{log}");
+        }
+    }
 }

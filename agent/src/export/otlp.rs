@@ -240,7 +240,14 @@ impl OtlpSink {
             KeyValue::new("go.goroutine.start", start),
             KeyValue::new("process.pid", g.pid as i64),
             KeyValue::new("process.runtime.name", "go"),
-            KeyValue::new("process.runtime.version", self.version.clone()),
+            KeyValue::new(
+                "process.runtime.version",
+                g.site
+                    .proc
+                    .as_deref()
+                    .map(|p| p.runtime_version.clone())
+                    .unwrap_or_else(|| self.version.clone()),
+            ),
         ];
         if let Some(exe) = &self.exe {
             a.push(KeyValue::new("process.executable.path", exe.clone()));

@@ -20,6 +20,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcLabels {
     pub pid: u32,
+    /// Go release of its binary, e.g. go1.23.5.
+    pub runtime_version: String,
     /// Executable path as the process sees it (inside its container).
     pub binary: String,
     pub container_id: Option<String>,
