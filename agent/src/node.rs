@@ -8,7 +8,7 @@ use crate::{
     cli::Cli,
     export::{
         logfmt::{Clock, GmonLog},
-        otlp::{self, Otlp, OtlpSink},
+        otlp::{Otlp, OtlpSink},
         prometheus::{Metrics, PromSink},
     },
     gobin::{self, BinaryId, Cache, GoBinary},
@@ -45,11 +45,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     let scope = cli.scope.or(config.scope).unwrap_or_default();
     let selection = Selection::new(&include, &exclude, scope)?;
     let metrics = Metrics::new_node()?;
-    let otlp = if cli.otlp_endpoint.is_some() || otlp::configured() {
-        Some(Otlp::new(cli.otlp_endpoint.as_deref())?)
-    } else {
-        None
-    };
+    let otlp = Otlp::if_configured(cli.otlp_endpoint.as_deref())?;
     let (rt, servers) = Servers::bind(&cli)?;
 
     raise_memlock_limit();

@@ -8,7 +8,7 @@ use crate::{
     export::{
         Fanout,
         logfmt::{Clock, GmonLog},
-        otlp::{self, Otlp, OtlpSink},
+        otlp::{Otlp, OtlpSink},
         prometheus::{self as prom, Metrics, PromSink},
     },
     gobin::{self, GoBinary},
@@ -72,11 +72,7 @@ fn run_one(cli: Cli, path: &std::path::Path) -> Result<(), Error> {
         process::check_runs(pid.get(), binary.id)?;
     }
     let metrics = Metrics::new()?;
-    let otlp = if cli.otlp_endpoint.is_some() || otlp::configured() {
-        Some(Otlp::new(cli.otlp_endpoint.as_deref())?)
-    } else {
-        None
-    };
+    let otlp = Otlp::if_configured(cli.otlp_endpoint.as_deref())?;
 
     let (rt, servers) = Servers::bind(&cli)?;
     raise_memlock_limit();

@@ -186,17 +186,8 @@ fn stripped_pie_cgo_and_newer_go_binaries_are_traced_alike() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for name in [
-        "spawner-stripped",
-        "spawner-pie",
-        "spawner-pie-stripped",
-        "spawner-cgo",
-        "spawner-cgo-pie-stripped",
-        "spawner-go1.24",
-        "spawner-go1.24-pie-stripped",
-        "spawner-go1.26",
-        "spawner-go1.26-pie-stripped",
-    ] {
+    // The default shape is the test above.
+    for name in e2e::SPAWNER_SHAPES.into_iter().filter(|&n| n != "spawner") {
         let (reported, rec, tracker) = trace_spawner(name, 3, false);
         assert_eq!(reported.len(), 12, "{name}");
         eprintln!("{name}: {} goroutines seen", rec.created.len());

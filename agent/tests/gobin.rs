@@ -123,24 +123,10 @@ fn truncated_binaries_fail_cleanly() {
     }
 }
 
-/// Every shape the bootstrap builds the spawner in.
-const SHAPES: [&str; 10] = [
-    "spawner",
-    "spawner-stripped",
-    "spawner-pie",
-    "spawner-pie-stripped",
-    "spawner-cgo",
-    "spawner-cgo-pie-stripped",
-    "spawner-go1.24",
-    "spawner-go1.24-pie-stripped",
-    "spawner-go1.26",
-    "spawner-go1.26-pie-stripped",
-];
-
 #[test]
 fn analyses_stripped_pie_cgo_and_newer_releases_alike() {
     use gmon_agent::gobin::{OffsetsSource, table};
-    for name in SHAPES {
+    for name in e2e::SPAWNER_SHAPES {
         let bin = GoBinary::analyse(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         let stripped = name.contains("stripped");
         assert_eq!(bin.pie, name.contains("pie"), "{name}");

@@ -27,6 +27,20 @@ pub fn fixture(name: &str) -> PathBuf {
     p.canonicalize().unwrap()
 }
 
+/// Every shape the bootstrap builds the spawner fixture in.
+pub const SPAWNER_SHAPES: [&str; 10] = [
+    "spawner",
+    "spawner-stripped",
+    "spawner-pie",
+    "spawner-pie-stripped",
+    "spawner-cgo",
+    "spawner-cgo-pie-stripped",
+    "spawner-go1.24",
+    "spawner-go1.24-pie-stripped",
+    "spawner-go1.26",
+    "spawner-go1.26-pie-stripped",
+];
+
 /// True when running as root. Outside CI a non-root run skips root tests
 /// with a note; in CI (CI=true) a non-root run is a failure, never a skip.
 pub fn require_root(test: &str) -> bool {

@@ -122,6 +122,15 @@ pub struct Otlp {
 }
 
 impl Otlp {
+    /// The exporter if `--otlp-endpoint` or the environment asks for one.
+    pub fn if_configured(endpoint: Option<&str>) -> Result<Option<Self>, Error> {
+        if endpoint.is_some() || configured() {
+            Self::new(endpoint).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// `endpoint`: a base URL from the command line; otherwise the
     /// standard environment variables apply.
     pub fn new(endpoint: Option<&str>) -> Result<Self, Error> {

@@ -84,6 +84,14 @@ impl std::fmt::Display for OffsetsSource {
     }
 }
 
+/// The binary's `.go.buildinfo`.
+fn read_buildinfo(file: &object::File<'_>) -> Result<BuildInfo, buildinfo::Error> {
+    file.section_by_name(".go.buildinfo")
+        .and_then(|s| s.data().ok())
+        .ok_or(buildinfo::Error::Missing)
+        .and_then(buildinfo::parse)
+}
+
 /// Link-time address of the start of Go's text, for a `.gopclntab` whose
 /// header leaves it to a dynamic relocation (PIE). Stripped binaries have no
 /// runtime.text symbol, and with cgo `.text` starts with C code, so the
@@ -321,12 +329,7 @@ impl GoBinary {
         if file.architecture() != object::Architecture::X86_64 {
             return Err(Error::NotAmd64(p()));
         }
-        let build = file
-            .section_by_name(".go.buildinfo")
-            .and_then(|s| s.data().ok())
-            .ok_or(buildinfo::Error::Missing)
-            .and_then(buildinfo::parse)
-            .map_err(|e| Error::NotGo(p(), e))?;
+        let build = read_buildinfo(&file).map_err(|e| Error::NotGo(p(), e))?;
         if build.version < MIN_GO {
             return Err(Error::TooOld {
                 path: p(),
@@ -430,12 +433,7 @@ impl GoBinary {
         let p = || path.to_path_buf();
         let data = std::fs::read(path).map_err(|e| Error::Open(p(), e))?;
         let file = object::File::parse(&*data).map_err(|_| Error::NotElf(p()))?;
-        let build = file
-            .section_by_name(".go.buildinfo")
-            .and_then(|s| s.data().ok())
-            .ok_or(buildinfo::Error::Missing)
-            .and_then(buildinfo::parse)
-            .map_err(|e| Error::NotGo(p(), e))?;
+        let build = read_buildinfo(&file).map_err(|e| Error::NotGo(p(), e))?;
         let offsets = dwarf::g_offsets(&file).map_err(|e| Error::Offsets(p(), e))?;
         Ok((build, offsets))
     }

@@ -109,34 +109,26 @@ impl Probes {
                     }
                 }
             })?;
-        for name in ["proc_exec", "proc_exit"] {
-            let prog: &mut RawTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| Error::Load(format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e| Error::Load(format!("{e}")))?;
-            prog.load().map_err(|e| {
-                if is_eperm(&e) {
-                    Error::Permission
-                } else {
-                    Error::Load(format!("{name}: {e}"))
-                }
-            })?;
+        // Load every program (the kernel verifies them now, so a bad
+        // kernel fails here); they are attached later, as needed.
+        macro_rules! load {
+            ($ty:ty, $($name:literal),+) => {$(
+                let prog: &mut $ty = ebpf
+                    .program_mut($name)
+                    .ok_or_else(|| Error::Load(format!("program {} missing", $name)))?
+                    .try_into()
+                    .map_err(|e| Error::Load(format!("{e}")))?;
+                prog.load().map_err(|e| {
+                    if is_eperm(&e) {
+                        Error::Permission
+                    } else {
+                        Error::Load(format!("{}: {e}", $name))
+                    }
+                })?;
+            )+};
         }
-        for name in ["newproc1_ret", "goexit1", "noop"] {
-            let prog: &mut UProbe = ebpf
-                .program_mut(name)
-                .ok_or_else(|| Error::Load(format!("program {name} missing")))?
-                .try_into()
-                .map_err(|e| Error::Load(format!("{e}")))?;
-            prog.load().map_err(|e| {
-                if is_eperm(&e) {
-                    Error::Permission
-                } else {
-                    Error::Load(format!("{name}: {e}"))
-                }
-            })?;
-        }
+        load!(RawTracePoint, "proc_exec", "proc_exit");
+        load!(UProbe, "newproc1_ret", "goexit1", "noop");
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Map(name, "missing".into()))
