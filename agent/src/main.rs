@@ -10,6 +10,14 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static malloc_conf: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
 
 fn main() -> std::process::ExitCode {
+    // A panic on any thread (the event loop, the HTTP server) ends the
+    // agent with the message rather than leaving it running deaf; the
+    // kernel detaches every probe when the process exits.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::exit(70);
+    }));
     let cli = Cli::parse_from_env();
     let _trace = match telemetry::init(cli.level, cli.trace.as_deref()) {
         Ok(guard) => guard,

@@ -120,6 +120,8 @@ struct Bin {
     att: Attachment,
     pids: HashSet<u32>,
     tracker: Tracker,
+    /// The tracker's stats as last added to the metrics.
+    reported: crate::model::Stats,
 }
 
 struct ProcEntry {
@@ -202,7 +204,6 @@ impl Node {
             "initial scan done"
         );
         let mut last_housekeeping = Instant::now();
-        let mut last_stats: HashMap<BinaryId, crate::model::Stats> = HashMap::new();
         loop {
             let stopping = stop.load(Ordering::Relaxed);
             if !stopping {
@@ -235,7 +236,7 @@ impl Node {
             self.log.flush();
             if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
                 last_housekeeping = Instant::now();
-                self.housekeeping(&mut stacks, &mut last_stats);
+                self.housekeeping(&mut stacks);
                 self.metrics.add_kernel(&counters.deltas());
             }
             if stopping {
@@ -425,6 +426,7 @@ impl Node {
                 att,
                 pids: HashSet::new(),
                 tracker,
+                reported: Default::default(),
             },
         );
         self.metrics
@@ -449,6 +451,9 @@ impl Node {
         if b.pids.is_empty() {
             let b = self.bins.remove(&entry.bin).expect("present");
             tracing::info!(exe = %b.exe, "last process exited: detaching");
+            // Its tracker goes with it: report what it counted since the
+            // last housekeeping.
+            self.metrics.add_stats(&b.reported, &b.tracker.stats);
             self.probes.detach(b.att);
             drop(b.bin);
             self.cache.release_unused();
@@ -459,11 +464,7 @@ impl Node {
         }
     }
 
-    fn housekeeping(
-        &mut self,
-        stacks: &mut KernelStacks,
-        last_stats: &mut HashMap<BinaryId, crate::model::Stats>,
-    ) {
+    fn housekeeping(&mut self, stacks: &mut KernelStacks) {
         // Exit events can be lost (ring buffer full): also check liveness.
         // The dead go after the next drain, which holds their last events.
         self.dead = self
@@ -473,16 +474,14 @@ impl Node {
             .map(|(&pid, _)| pid)
             .collect();
         let (mut live, mut procs) = (0, 0);
-        for (id, b) in &mut self.bins {
+        for b in self.bins.values_mut() {
             let mut sink = sinks(&mut self.log, &mut self.prom, &mut self.otlp_sink);
             b.tracker.sweep(stacks, &mut sink);
-            let before = last_stats.get(id).copied().unwrap_or_default();
-            self.metrics.add_stats(&before, &b.tracker.stats);
-            last_stats.insert(*id, b.tracker.stats);
+            self.metrics.add_stats(&b.reported, &b.tracker.stats);
+            b.reported = b.tracker.stats;
             live += b.tracker.live();
             procs += b.pids.len();
         }
-        last_stats.retain(|id, _| self.bins.contains_key(id));
         self.metrics.goroutines_tracked.set(live as i64);
         self.metrics.processes_tracked.set(procs as i64);
         self.metrics

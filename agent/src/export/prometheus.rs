@@ -307,18 +307,23 @@ impl Metrics {
     /// Adds the tracker's anomaly counts' increase from `before` to `now`.
     pub fn add_stats(&self, before: &Stats, now: &Stats) {
         self.untracked_exits
-            .inc_by(now.untracked_exits - before.untracked_exits);
-        self.duplicate_creates
-            .inc_by(now.duplicate_creates - before.duplicate_creates);
+            .inc_by(now.untracked_exits.saturating_sub(before.untracked_exits));
+        self.duplicate_creates.inc_by(
+            now.duplicate_creates
+                .saturating_sub(before.duplicate_creates),
+        );
         self.unresolved_pcs
-            .inc_by(now.unresolved_pcs - before.unresolved_pcs);
-        self.dropped_with_process
-            .inc_by(now.dropped_with_process - before.dropped_with_process);
+            .inc_by(now.unresolved_pcs.saturating_sub(before.unresolved_pcs));
+        self.dropped_with_process.inc_by(
+            now.dropped_with_process
+                .saturating_sub(before.dropped_with_process),
+        );
         self.bias_failures
-            .inc_by(now.bias_failures - before.bias_failures);
-        self.stack_failures
-            .with_label_values(&["read"])
-            .inc_by(now.stack_reads_failed - before.stack_reads_failed);
+            .inc_by(now.bias_failures.saturating_sub(before.bias_failures));
+        self.stack_failures.with_label_values(&["read"]).inc_by(
+            now.stack_reads_failed
+                .saturating_sub(before.stack_reads_failed),
+        );
     }
 
     pub fn add_log_write_errors(&self, n: u64) {
