@@ -60,4 +60,5 @@ fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/fetch-go.sh"
 "$root/scripts/build-fixtures.sh"
+"$root/scripts/build-test-servers.sh"
 log "ready"

@@ -49,9 +49,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
 
-    /// Push metrics over OTLP/HTTP to this base URL (e.g. http://collector:4318); OTEL_EXPORTER_OTLP_ENDPOINT works too
-    #[arg(long, value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    pub otlp: crate::export::otlp::settings::OtlpFlags,
+
+    #[command(flatten)]
+    pub k8s: crate::process::k8s::KubeFlags,
 
     /// Node mode: probe only executables whose path (inside their container) matches this glob (repeatable)
     #[arg(long, value_name = "GLOB")]
@@ -70,22 +72,14 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 }
 
-/// Flags that gmon (Go's flag package) also accepts with a single dash.
-const LONG_FLAGS: [&str; 13] = [
-    "path",
-    "pid",
-    "metrics",
-    "level",
-    "stack-depth",
-    "metrics-address",
-    "pprof",
-    "trace",
-    "include",
-    "exclude",
-    "scope",
-    "config",
-    "otlp-endpoint",
-];
+/// Every long flag and whether it takes a value. All of them are also
+/// accepted with a single dash, as gmon (Go's flag package) accepts its own.
+fn long_flags() -> Vec<(String, bool)> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| Some((a.get_long()?.to_owned(), a.get_action().takes_values())))
+        .collect()
+}
 
 /// Value names whose flags Go's flag package would show as `int`.
 const INT_VALUES: [&str; 3] = ["PORT", "PID", "N"];
@@ -96,6 +90,7 @@ const INT_VALUES: [&str; 3] = ["PORT", "PID", "N"];
 /// flag given without `=` is its value even if it starts with a dash, as in
 /// Go: the two are joined as `--flag=value` for clap.
 pub fn normalize_args(args: impl IntoIterator<Item = OsString>, gmon: bool) -> Vec<OsString> {
+    let flags = long_flags();
     let mut out: Vec<OsString> = Vec::new();
     let mut literal = false;
     let mut value_next = false;
@@ -120,8 +115,9 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>, gmon: bool) -> V
                     Some((n, _)) => (n, true),
                     None => (&s[dashes..], false),
                 };
-                let known = LONG_FLAGS.contains(&name);
-                value_next = known && !inline;
+                let known = flags.iter().find(|(f, _)| f == name);
+                value_next = known.is_some_and(|(_, takes)| *takes) && !inline;
+                let known = known.is_some();
                 (dashes == 1 && (known || gmon)).then(|| OsString::from(format!("-{s}")))
             }
             _ => None,
@@ -155,9 +151,13 @@ pub fn gmon_usage(argv0: &str) -> String {
             .map(|v| v.as_str())
             .unwrap_or("");
         let int = INT_VALUES.contains(&value);
-        let ty = if int { "int" } else { "string" };
+        let ty = match (arg.get_action().takes_values(), int) {
+            (false, _) => "",
+            (true, true) => " int",
+            (true, false) => " string",
+        };
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-        out += &format!("  -{name} {ty}\n    \t{help}");
+        out += &format!("  -{name}{ty}\n    \t{help}");
         if let Some(d) = arg.get_default_values().first().and_then(|d| d.to_str()) {
             match (int, d) {
                 (true, "0") => {}

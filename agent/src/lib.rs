@@ -5,6 +5,7 @@
 //! (`probes`) -> events and aggregates (`model`) -> exporters (`export`).
 
 pub mod cli;
+pub mod config;
 pub mod export;
 pub mod gobin;
 pub mod model;

@@ -17,10 +17,14 @@ use crate::{
     process::{
         ProcessKey,
         cgroup::{self, Container},
+        k8s::{self, KubeSettings, PodLabels, SharedIndex, WatchStats},
         realfile,
-        select::{Config, Rejection, Selection},
+        select::{Rejection, Selection},
     },
-    run::{DRAIN_INTERVAL, Error, HOUSEKEEPING_INTERVAL, Servers, raise_memlock_limit, sinks},
+    run::{
+        DRAIN_INTERVAL, Error, HOUSEKEEPING_INTERVAL, Servers, otlp_settings, raise_memlock_limit,
+        sinks,
+    },
 };
 use agent_common::{EVENT_CREATE, GoroutineEvent, PROC_EXEC, PROC_EXIT};
 use std::{
@@ -36,17 +40,35 @@ use std::{
 
 pub fn run(cli: Cli) -> Result<(), Error> {
     let clock = Clock::new();
-    let config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = crate::config::Config::load(cli.config.as_deref())?;
     let include: Vec<String> = config.include.iter().chain(&cli.include).cloned().collect();
     let exclude: Vec<String> = config.exclude.iter().chain(&cli.exclude).cloned().collect();
     let scope = cli.scope.or(config.scope).unwrap_or_default();
     let selection = Selection::new(&include, &exclude, scope)?;
-    let metrics = Metrics::new_node()?;
-    let otlp = Otlp::if_configured(cli.otlp_endpoint.as_deref())?;
+    let kube = KubeSettings::resolve(&cli.k8s, &config.kubernetes)?;
+    let metrics = Metrics::new_node(
+        kube.as_ref()
+            .map(KubeSettings::attribute_keys)
+            .unwrap_or_default(),
+    )?;
+    let otlp = Otlp::if_configured(otlp_settings(&cli, &config)?)?;
     let (rt, servers) = Servers::bind(&cli)?;
+    let kube = match kube {
+        Some(settings) => {
+            let (index, stats) = (Arc::<SharedIndex>::default(), Arc::<WatchStats>::default());
+            rt.block_on(k8s::spawn(settings.clone(), index.clone(), stats.clone()))?;
+            Some(Kube {
+                settings,
+                index,
+                stats,
+                generation: u64::MAX,
+            })
+        }
+        None => {
+            tracing::info!("Kubernetes metadata off (no --k8s-node-name or NODE_NAME)");
+            None
+        }
+    };
 
     raise_memlock_limit();
     let (mut probes, maps) = Probes::load(cli.stack_depth as usize)?;
@@ -73,6 +95,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                     log,
                     otlp.as_ref(),
                 );
+                node.kube = kube;
                 node.run(maps, &stop);
                 // The last interval, before the probes go.
                 if let Some(o) = otlp {
@@ -95,6 +118,7 @@ fn skip_label(r: &Skip) -> &'static str {
         Skip::Rejected(Rejection::NotIncluded) => "not_included",
         Skip::Rejected(Rejection::Excluded) => "excluded",
         Skip::Rejected(Rejection::OutOfScope) => "out_of_scope",
+        Skip::Pod(reason) => reason,
         Skip::NotGo => "not_go",
         Skip::TooOld => "too_old",
         Skip::Failed => "failed",
@@ -106,6 +130,8 @@ enum Skip {
     Own,
     Gone,
     Rejected(Rejection),
+    /// Its pod opted out or is in an excluded namespace.
+    Pod(&'static str),
     NotGo,
     TooOld,
     /// Analysis or attach failed (counted in attach_failures, logged).
@@ -127,6 +153,17 @@ struct Bin {
 struct ProcEntry {
     bin: BinaryId,
     key: Option<ProcessKey>,
+    /// Its labels as the tracker has them.
+    labels: Arc<ProcLabels>,
+}
+
+/// The Kubernetes side: settings, the pod index the watch fills, and the
+/// index generation the processes were last labelled at.
+struct Kube {
+    settings: KubeSettings,
+    index: Arc<SharedIndex>,
+    stats: Arc<WatchStats>,
+    generation: u64,
 }
 
 struct Node {
@@ -142,6 +179,10 @@ struct Node {
     own_exe: Option<BinaryId>,
     bins: HashMap<BinaryId, Bin>,
     procs: HashMap<u32, ProcEntry>,
+    /// Processes decided against (selection, pod): their binary's probes
+    /// may still fire for them, and their events are dropped (counted).
+    ignored: HashMap<u32, Option<ProcessKey>>,
+    kube: Option<Kube>,
     /// Binaries not to look at again (not Go, too old, failed), by file.
     skipped: HashMap<BinaryId, Skip>,
     /// Processes found dead by housekeeping, removed after the next drain
@@ -167,14 +208,15 @@ impl Node {
             selection,
             depth,
             prom: PromSink::new(metrics.clone()),
-            otlp_sink: otlp
-                .map(|o| OtlpSink::new(&o.meter(), crate::run::OTLP_MAX_SITES, "unknown", None)),
+            otlp_sink: otlp.map(|o| o.sink("unknown", None)),
             metrics,
             log,
             own_pid: std::process::id(),
             own_exe: BinaryId::of("/proc/self/exe".as_ref()).ok(),
             bins: HashMap::new(),
             procs: HashMap::new(),
+            ignored: HashMap::new(),
+            kube: None,
             skipped: HashMap::new(),
             dead: Vec::new(),
         }
@@ -251,6 +293,10 @@ impl Node {
 
     fn on_event(&mut self, ev: &GoroutineEvent, stacks: &mut KernelStacks) {
         self.metrics.received(ev.kind == EVENT_CREATE);
+        if self.ignored.contains_key(&ev.pid) {
+            self.metrics.discovery.ignored_process_events.inc();
+            return;
+        }
         if !self.procs.contains_key(&ev.pid) {
             // A process of an attached binary can hit its probes before
             // its exec event is read.
@@ -271,6 +317,8 @@ impl Node {
     /// A process appeared (scan or exec): probe its binary if it is a Go
     /// program we should watch. `exec_ns` is the exec's kernel time.
     fn start(&mut self, pid: u32, exec_ns: Option<u64>, stacks: &mut KernelStacks) {
+        // An exec gives an ignored process a new chance.
+        self.ignored.remove(&pid);
         if let Some(known) = self.procs.get(&pid) {
             match realfile::real_binary_id(pid) {
                 // The same program: an exec seen by both the scan and the
@@ -285,19 +333,23 @@ impl Node {
         self.metrics.discovery.processes_seen.inc();
         match self.classify(pid) {
             Ok((id, exe, container)) => {
-                let entry = ProcEntry {
-                    bin: id,
-                    key: ProcessKey::of(pid),
-                };
+                let k8s = self.pod_of(&container);
                 let b = self.bins.get_mut(&id).expect("classify attached it");
                 b.pids.insert(pid);
-                b.tracker.set_labels(Arc::new(ProcLabels {
+                let labels = Arc::new(ProcLabels {
                     pid,
                     runtime_version: b.bin.build.version_string.clone(),
                     binary: exe,
                     container_id: container.id,
                     pod_uid: container.pod_uid,
-                }));
+                    k8s,
+                });
+                b.tracker.set_labels(labels.clone());
+                let entry = ProcEntry {
+                    bin: id,
+                    key: ProcessKey::of(pid),
+                    labels,
+                };
                 self.procs.insert(pid, entry);
                 if let Some(t) = exec_ns {
                     let now = monotonic_ns();
@@ -314,6 +366,11 @@ impl Node {
                     .processes_skipped
                     .with_label_values(&[skip_label(&skip)])
                     .inc();
+                // A decision about the process, not its binary: remember
+                // it, or each of its events would ask again.
+                if matches!(skip, Skip::Rejected(_) | Skip::Pod(_)) {
+                    self.ignored.insert(pid, ProcessKey::of(pid));
+                }
             }
         }
     }
@@ -340,6 +397,9 @@ impl Node {
         self.selection
             .check(&exe, &container)
             .map_err(Skip::Rejected)?;
+        if let Some(reason) = self.pod_rejection(&container) {
+            return Err(Skip::Pod(reason));
+        }
         if self.bins.contains_key(&id) {
             return Ok((id, exe, container));
         }
@@ -464,7 +524,82 @@ impl Node {
         }
     }
 
+    /// The pod of a process in `container`, if the index knows it.
+    fn pod_of(&self, container: &Container) -> Option<PodLabels> {
+        let k = self.kube.as_ref()?;
+        k.index
+            .read()
+            .lookup(container.id.as_deref(), container.pod_uid.as_deref())
+    }
+
+    /// Why a process in `container` must not be probed, per its pod.
+    fn pod_rejection(&self, container: &Container) -> Option<&'static str> {
+        let k = self.kube.as_ref()?;
+        k.settings.rejects(&self.pod_of(container)?.pod)
+    }
+
+    /// The pod index changed: label processes whose pod is now known (or
+    /// different), and let go of those whose pod is excluded.
+    fn relabel(&mut self, stacks: &mut KernelStacks) {
+        let Some(k) = self.kube.as_mut() else {
+            return;
+        };
+        let generation = k.index.generation();
+        self.metrics.k8s.pods.set(k.index.read().pods() as i64);
+        self.metrics.k8s.synced.set(k.index.synced() as i64);
+        self.metrics
+            .k8s
+            .watch_errors
+            .inc_by(k.stats.errors.swap(0, Ordering::Relaxed));
+        self.metrics
+            .k8s
+            .relists
+            .inc_by(k.stats.relists.swap(0, Ordering::Relaxed));
+        if generation == k.generation {
+            return;
+        }
+        k.generation = generation;
+        let mut excluded = Vec::new();
+        let mut changed = Vec::new();
+        {
+            let k = self.kube.as_ref().expect("checked above");
+            let index = k.index.read();
+            for (&pid, p) in &self.procs {
+                let l = &p.labels;
+                let pod = index.lookup(l.container_id.as_deref(), l.pod_uid.as_deref());
+                if let Some(reason) = pod.as_ref().and_then(|pod| k.settings.rejects(&pod.pod)) {
+                    excluded.push((pid, reason));
+                } else if pod != l.k8s {
+                    changed.push((pid, pod));
+                }
+            }
+        }
+        for (pid, pod) in changed {
+            let p = self.procs.get_mut(&pid).expect("listed above");
+            let labels = Arc::new(ProcLabels {
+                k8s: pod,
+                ..(*p.labels).clone()
+            });
+            p.labels = labels.clone();
+            if let Some(b) = self.bins.get_mut(&p.bin) {
+                b.tracker.set_labels(labels);
+            }
+        }
+        for (pid, reason) in excluded {
+            tracing::info!(pid, reason, "process left alone: its pod is excluded");
+            let key = self.procs.get(&pid).and_then(|p| p.key);
+            self.exited(pid, stacks);
+            self.ignored.insert(pid, key);
+            self.metrics
+                .discovery
+                .processes_skipped
+                .with_label_values(&[reason])
+                .inc();
+        }
+    }
+
     fn housekeeping(&mut self, stacks: &mut KernelStacks) {
+        self.relabel(stacks);
         // Exit events can be lost (ring buffer full): also check liveness.
         // The dead go after the next drain, which holds their last events.
         self.dead = self
@@ -473,6 +608,7 @@ impl Node {
             .filter(|(_, p)| !p.key.is_some_and(|k| k.alive()))
             .map(|(&pid, _)| pid)
             .collect();
+        self.ignored.retain(|_, key| key.is_some_and(|k| k.alive()));
         let (mut live, mut procs) = (0, 0);
         for b in self.bins.values_mut() {
             let mut sink = sinks(&mut self.log, &mut self.prom, &mut self.otlp_sink);

@@ -8,7 +8,7 @@ use crate::{
     export::{
         Fanout,
         logfmt::{Clock, GmonLog},
-        otlp::{Otlp, OtlpSink},
+        otlp::{Otlp, OtlpSettings, OtlpSink},
         prometheus::{self as prom, Metrics, PromSink},
     },
     gobin::{self, GoBinary},
@@ -44,6 +44,12 @@ pub enum Error {
     Selection(#[from] process::select::Error),
     #[error(transparent)]
     Otlp(#[from] crate::export::otlp::Error),
+    #[error(transparent)]
+    OtlpSettings(#[from] crate::export::otlp::settings::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::process::k8s::Error),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -71,8 +77,9 @@ fn run_one(cli: Cli, path: &std::path::Path) -> Result<(), Error> {
     if let Some(pid) = pid {
         process::check_runs(pid.get(), binary.id)?;
     }
+    let config = crate::config::Config::load(cli.config.as_deref())?;
     let metrics = Metrics::new()?;
-    let otlp = Otlp::if_configured(cli.otlp_endpoint.as_deref())?;
+    let otlp = Otlp::if_configured(otlp_settings(&cli, &config)?)?;
 
     let (rt, servers) = Servers::bind(&cli)?;
     raise_memlock_limit();
@@ -243,14 +250,9 @@ fn read_events(
         clock,
     );
     let mut prom = PromSink::new(metrics.clone());
-    let mut otlp_sink = otlp.as_ref().map(|o| {
-        OtlpSink::new(
-            &o.meter(),
-            OTLP_MAX_SITES,
-            &binary_version,
-            Some(binary_path.clone()),
-        )
-    });
+    let mut otlp_sink = otlp
+        .as_ref()
+        .map(|o| o.sink(&binary_version, Some(binary_path.clone())));
     let mut last_export = (0, 0, 0);
     metrics.add_kernel(&counters.deltas());
     metrics.add_stats(&tracker.stats, &tracker.stats);
@@ -315,9 +317,15 @@ fn read_events(
     }
 }
 
-/// Distinct creation sites per process exported over OTLP; more go into one
-/// `other` site (counted).
-pub(crate) const OTLP_MAX_SITES: usize = 500;
+/// OTLP settings from the flags, the config file and the environment.
+pub(crate) fn otlp_settings(
+    cli: &Cli,
+    config: &crate::config::Config,
+) -> Result<Option<OtlpSettings>, Error> {
+    Ok(OtlpSettings::resolve(&cli.otlp, &config.otlp, |k| {
+        std::env::var(k).ok()
+    })?)
+}
 
 pub(crate) fn sinks<'a>(
     log: &'a mut GmonLog<BufWriter<std::io::Stdout>>,

@@ -275,6 +275,18 @@ fn write_proc(out: &mut String, g: &Goroutine) {
             let _ = write!(out, " {key}={v}");
         }
     }
+    if let Some(k) = &p.k8s {
+        for (key, v) in [
+            ("namespace", Some(&k.pod.namespace)),
+            ("pod", Some(&k.pod.name)),
+            ("container", k.container_name.as_ref()),
+        ] {
+            if let Some(v) = v {
+                let _ = write!(out, " {key}=");
+                write_value(out, v);
+            }
+        }
+    }
 }
 
 /// `time=... level=... msg=...`, the start of every slog line.

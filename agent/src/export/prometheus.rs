@@ -50,11 +50,15 @@ pub struct Metrics {
     pub uprobes_attached: IntGauge,
     /// Node mode: the gmon families also carry NODE_LABELS.
     node: bool,
+    /// Node mode with Kubernetes metadata: attribute keys whose values
+    /// follow NODE_LABELS (as labels named by `k8s::prometheus_label`).
+    k8s_keys: Vec<String>,
     /// OTLP exports by result (ok, failed).
     pub otlp_exports: IntCounterVec,
     /// Creation sites folded into `other` by the OTLP cardinality guard.
     pub otlp_sites_overflowed: IntCounter,
     pub discovery: Discovery,
+    pub k8s: KubeMetrics,
 }
 
 /// Labels node mode adds to the gmon families, after stack_0..stack_4.
@@ -68,7 +72,18 @@ pub struct Discovery {
     pub attach_failures: IntCounterVec,
     pub processes_skipped: IntCounterVec,
     pub unknown_process_events: IntCounter,
+    /// Events from processes not probed (selection or pod) whose binary
+    /// is probed for other processes: dropped on purpose.
+    pub ignored_process_events: IntCounter,
     pub latency: prometheus::Histogram,
+}
+
+/// Node mode's Kubernetes self-metrics.
+pub struct KubeMetrics {
+    pub pods: IntGauge,
+    pub synced: IntGauge,
+    pub watch_errors: IntCounter,
+    pub relists: IntCounter,
 }
 
 fn counter_vec(
@@ -97,21 +112,27 @@ fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
 impl Metrics {
     /// Standalone mode: gmon's families exactly.
     pub fn new() -> Result<Arc<Self>, Error> {
-        Self::build(false)
+        Self::build(false, Vec::new())
     }
 
-    /// Node mode: gmon's families with NODE_LABELS added.
-    pub fn new_node() -> Result<Arc<Self>, Error> {
-        Self::build(true)
+    /// Node mode: gmon's families with NODE_LABELS added, and the
+    /// Kubernetes attributes `k8s_keys` (empty without Kubernetes).
+    pub fn new_node(k8s_keys: Vec<String>) -> Result<Arc<Self>, Error> {
+        Self::build(true, k8s_keys)
     }
 
-    fn build(node: bool) -> Result<Arc<Self>, Error> {
+    fn build(node: bool, k8s_keys: Vec<String>) -> Result<Arc<Self>, Error> {
         let r = Registry::new();
+        let k8s_labels: Vec<String> = k8s_keys
+            .iter()
+            .map(|k| crate::process::k8s::prometheus_label(k))
+            .collect();
         let family_labels: Vec<&str> = if node {
             STACK_LABELS
                 .iter()
-                .chain(NODE_LABELS.iter())
                 .copied()
+                .chain(NODE_LABELS.iter().copied())
+                .chain(k8s_labels.iter().map(String::as_str))
                 .collect()
         } else {
             STACK_LABELS.to_vec()
@@ -210,6 +231,7 @@ impl Metrics {
                 "Uprobes currently attached",
             )?,
             node,
+            k8s_keys,
             otlp_exports: counter_vec(
                 &r,
                 "gmon_agent_otlp_exports_total",
@@ -221,6 +243,28 @@ impl Metrics {
                 "gmon_agent_otlp_sites_overflowed_total",
                 "Creation sites exported as `other` because a process had too many",
             )?,
+            k8s: KubeMetrics {
+                pods: gauge(
+                    &r,
+                    "gmon_agent_k8s_pods",
+                    "Pods on this node in the Kubernetes index",
+                )?,
+                synced: gauge(
+                    &r,
+                    "gmon_agent_k8s_synced",
+                    "1 once the pod watch has listed this node's pods",
+                )?,
+                watch_errors: counter(
+                    &r,
+                    "gmon_agent_k8s_watch_errors_total",
+                    "Failed pod list or watch requests (each retried with backoff)",
+                )?,
+                relists: counter(
+                    &r,
+                    "gmon_agent_k8s_relists_total",
+                    "Full lists of this node's pods (at start and after each expired watch)",
+                )?,
+            },
             discovery: Discovery {
                 processes_seen: counter(
                     &r,
@@ -253,6 +297,11 @@ impl Metrics {
                     &r,
                     "gmon_agent_unknown_process_events_total",
                     "Goroutine events from processes discovery could not place (dropped)",
+                )?,
+                ignored_process_events: counter(
+                    &r,
+                    "gmon_agent_ignored_process_events_total",
+                    "Goroutine events from processes deliberately not probed whose binary is probed for others (dropped)",
                 )?,
                 latency: {
                     let h = prometheus::Histogram::with_opts(
@@ -367,6 +416,7 @@ impl PromSink {
         self.sites.entry(g.site.id).or_insert_with(|| {
             let mut labels: Vec<&str> = stack_labels(&g.site.stack).to_vec();
             let pid;
+            let k8s;
             if m.node {
                 let p = g.site.proc.as_deref();
                 pid = p.map(|p| p.pid.to_string()).unwrap_or_default();
@@ -374,6 +424,14 @@ impl PromSink {
                 labels.push(p.map(|p| p.binary.as_str()).unwrap_or(""));
                 labels.push(p.and_then(|p| p.container_id.as_deref()).unwrap_or(""));
                 labels.push(p.and_then(|p| p.pod_uid.as_deref()).unwrap_or(""));
+                k8s = p
+                    .and_then(|p| p.k8s.as_ref())
+                    .map(|k| k.attributes())
+                    .unwrap_or_default();
+                for key in &m.k8s_keys {
+                    let v = k8s.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+                    labels.push(v.unwrap_or(""));
+                }
             }
             SiteSeries {
                 creation: m.creation.with_label_values(&labels),

@@ -26,6 +26,8 @@ pub struct ProcLabels {
     pub binary: String,
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
+    /// The pod from the Kubernetes index, once it knows the process's.
+    pub k8s: Option<crate::process::k8s::PodLabels>,
 }
 
 /// Where goroutines come from: the `go` statement and what it started.
@@ -95,6 +97,9 @@ struct Proc {
     bias: Option<u64>,
     live: HashMap<u64, Goroutine>,
     sites: HashMap<(u64, u64, u64), Arc<Site>>,
+    /// Sites made under earlier labels: their goroutines still exit
+    /// through them, so they are released only with the process.
+    retired: Vec<((u64, u64, u64), Arc<Site>)>,
 }
 
 /// The goroutine table for the processes of one binary.
@@ -128,10 +133,17 @@ impl Tracker {
         self.procs.len()
     }
 
-    /// Labels the sites of process `pid` from now on (node mode).
+    /// Labels the sites of process `pid` from now on (node mode). New
+    /// labels (its pod became known) start new sites; goroutines already
+    /// live keep theirs, so each series stays consistent.
     pub fn set_labels(&mut self, labels: Arc<ProcLabels>) {
-        let pid = labels.pid;
-        self.proc(pid).labels = Some(labels);
+        let p = self.proc(labels.pid);
+        if p.labels.as_ref().is_some_and(|l| **l == *labels) {
+            return;
+        }
+        let old = std::mem::take(&mut p.sites);
+        p.retired.extend(old);
+        p.labels = Some(labels);
     }
 
     /// Forgets process `pid` now (it exited): its goroutines are dropped
@@ -176,6 +188,7 @@ impl Tracker {
                 bias,
                 live: HashMap::default(),
                 sites: HashMap::default(),
+                retired: Vec::new(),
             }
         })
     }
@@ -298,9 +311,10 @@ impl Tracker {
 
 /// Releases what a departed process's sites hold outside the tracker.
 fn release_sites(p: &Proc, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
-    for (&(stack, _, _), site) in &p.sites {
-        if stack != NO_STACK {
-            stacks.forget(stack);
+    let mut forgotten = std::collections::HashSet::new();
+    for ((stack, _, _), site) in p.sites.iter().chain(p.retired.iter().map(|(k, s)| (k, s))) {
+        if *stack != NO_STACK && forgotten.insert(*stack) {
+            stacks.forget(*stack);
         }
         sink.site_gone(site.id);
     }

@@ -2,6 +2,7 @@
 //! mapped it (the load bias that PIE and ASLR add to every address).
 
 pub mod cgroup;
+pub mod k8s;
 pub mod realfile;
 pub mod select;
 

@@ -1,6 +1,6 @@
 //! Which discovered processes node mode probes: executable path globs to
 //! include and exclude, and whether containers, the host or both count.
-//! Set on the command line or in the YAML config file.
+//! Set on the command line or in the YAML config file (`crate::config`).
 
 use super::cgroup::Container;
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -9,10 +9,6 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 pub enum Error {
     #[error("bad glob {0:?}: {1}")]
     Glob(String, globset::Error),
-    #[error("cannot read the config file {0}: {1}")]
-    Read(String, std::io::Error),
-    #[error("config file {0}: {1} (keys: include, exclude, scope)")]
-    Yaml(String, serde_yaml::Error),
 }
 
 /// Where probed processes may run.
@@ -26,25 +22,6 @@ pub enum Scope {
     Containers,
     /// Only processes outside containers.
     Host,
-}
-
-/// The YAML config file: every key optional.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    #[serde(default)]
-    pub include: Vec<String>,
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    pub scope: Option<Scope>,
-}
-
-impl Config {
-    pub fn load(path: &std::path::Path) -> Result<Self, Error> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Read(name.clone(), e))?;
-        serde_yaml::from_str(&text).map_err(|e| Error::Yaml(name, e))
-    }
 }
 
 /// Why a process is not probed.
@@ -134,15 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn config_file_parses_and_rejects_unknown_keys() {
-        let c: Config = serde_yaml::from_str(
-            "include: ['/srv/**']\nexclude: ['**/debug-*']\nscope: containers\n",
-        )
-        .unwrap();
-        assert_eq!(c.include, ["/srv/**"]);
-        assert_eq!(c.scope, Some(Scope::Containers));
-        let e = serde_yaml::from_str::<Config>("inclde: ['x']\n").unwrap_err();
-        assert!(e.to_string().contains("unknown field"), "{e}");
+    fn bad_glob_is_refused() {
         assert!(Selection::new(&["[".into()], &[], Scope::All).is_err());
     }
 }

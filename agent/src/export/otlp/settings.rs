@@ -1,0 +1,466 @@
+//! Where and how OTLP export goes, resolved from the command line, the
+//! config file's `otlp:` section and the standard OTEL_* variables, in that
+//! order of precedence. Export is off unless one of them names an endpoint.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}: bad duration {1:?} (use e.g. 500ms, 10s, 2m; a bare number is milliseconds)")]
+    Duration(&'static str, String),
+    #[error("{0}: unknown OTLP protocol {1:?} (use grpc, http/protobuf or http/json)")]
+    Protocol(&'static str, String),
+    #[error("{0}: expected KEY=VALUE, got {1:?}")]
+    KeyValue(&'static str, String),
+}
+
+/// The wire protocol, as OTEL_EXPORTER_OTLP_PROTOCOL names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "http/json" => Ok(Protocol::HttpJson),
+            _ => Err(format!(
+                "unknown OTLP protocol {s:?} (use grpc, http/protobuf or http/json)"
+            )),
+        }
+    }
+}
+
+/// How `go.goroutine.lifetime` is aggregated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HistogramKind {
+    /// Fixed buckets from 1 ms to 24 h.
+    #[default]
+    Explicit,
+    /// Base-2 exponential buckets (160 of them, scale adapting to the data).
+    Exponential,
+}
+
+/// The config file's `otlp:` section.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpFile {
+    pub endpoint: Option<String>,
+    pub protocol: Option<Protocol>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub certificate: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    pub max_sites: Option<usize>,
+    pub histogram: Option<HistogramKind>,
+    pub stack_attribute: Option<bool>,
+}
+
+/// The command line's `--otlp-*` flags.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct OtlpFlags {
+    /// Push metrics over OTLP to this URL (e.g. http://collector:4318, or :4317 with --otlp-protocol grpc); OTEL_EXPORTER_OTLP_ENDPOINT works too
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: grpc, http/protobuf (default) or http/json; OTEL_EXPORTER_OTLP_PROTOCOL works too
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<Protocol>,
+
+    /// Header sent with every export, e.g. authorization=Bearer%20x (repeatable); OTEL_EXPORTER_OTLP_HEADERS works too
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub otlp_header: Vec<String>,
+
+    /// Export interval (default 60s); OTEL_METRIC_EXPORT_INTERVAL works too
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_interval: Option<String>,
+
+    /// Export timeout (default 10s); OTEL_EXPORTER_OTLP_TIMEOUT works too
+    #[arg(long, value_name = "DURATION")]
+    pub otlp_timeout: Option<String>,
+
+    /// PEM file of the CA that signed an https endpoint's certificate (added to the system roots); OTEL_EXPORTER_OTLP_CERTIFICATE works too
+    #[arg(long, value_name = "FILE")]
+    pub otlp_certificate: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS; OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE works too
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_certificate: Option<PathBuf>,
+
+    /// PEM private key of the client certificate; OTEL_EXPORTER_OTLP_CLIENT_KEY works too
+    #[arg(long, value_name = "FILE")]
+    pub otlp_client_key: Option<PathBuf>,
+
+    /// Resource attribute added to every export (repeatable); OTEL_RESOURCE_ATTRIBUTES works too
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub otlp_resource_attribute: Vec<String>,
+
+    /// Distinct creation sites exported per process; the rest go into one `other` site (counted)
+    #[arg(long, value_name = "N")]
+    pub otlp_max_sites: Option<usize>,
+
+    /// Aggregation of go.goroutine.lifetime: explicit (buckets 1ms..24h) or exponential
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub otlp_histogram: Option<HistogramKind>,
+
+    /// Add the full creation stack as the go.goroutine.stack attribute (one series per distinct stack: high cardinality)
+    #[arg(long)]
+    pub otlp_stack_attribute: bool,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpSettings {
+    /// Where metrics go: the full URL for HTTP, the server for gRPC.
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub headers: Vec<(String, String)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub certificate: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub resource_attributes: Vec<(String, String)>,
+    pub max_sites: usize,
+    pub histogram: HistogramKind,
+    pub stack_attribute: bool,
+}
+
+/// Default distinct creation sites per process.
+pub const DEFAULT_MAX_SITES: usize = 500;
+
+impl OtlpSettings {
+    /// `None` when no endpoint is configured anywhere (export off).
+    pub fn resolve(
+        flags: &OtlpFlags,
+        file: &OtlpFile,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, Error> {
+        let env = |k: &str| env(k).filter(|v| !v.is_empty());
+        // The metrics-specific variable wins over the generic one.
+        let signal = |k: &str| {
+            env(&format!("OTEL_EXPORTER_OTLP_METRICS_{k}"))
+                .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{k}")))
+        };
+
+        let protocol = match (flags.otlp_protocol, file.protocol) {
+            (Some(p), _) | (None, Some(p)) => p,
+            _ => match signal("PROTOCOL") {
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| Error::Protocol("OTEL_EXPORTER_OTLP_PROTOCOL", p))?,
+                None => Protocol::HttpProtobuf,
+            },
+        };
+        // A base URL gets the signal path on HTTP; a metrics-specific URL
+        // is used as it is (the OTLP exporter specification's rule).
+        let base = flags
+            .otlp_endpoint
+            .clone()
+            .or_else(|| file.endpoint.clone());
+        let endpoint = match (base, env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")) {
+            (Some(b), _) => with_signal_path(&b, protocol),
+            (None, Some(full)) => full,
+            (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                Some(b) => with_signal_path(&b, protocol),
+                None => return Ok(None),
+            },
+        };
+
+        let mut headers: Vec<(String, String)> = Vec::new();
+        let mut set = |k: String, v: String| {
+            headers.retain(|(h, _)| !h.eq_ignore_ascii_case(&k));
+            headers.push((k, v));
+        };
+        if let Some(h) = signal("HEADERS") {
+            for kv in h.split(',').filter(|s| !s.trim().is_empty()) {
+                let (k, v) = key_value("OTEL_EXPORTER_OTLP_HEADERS", kv)?;
+                set(k, percent_decode(&v));
+            }
+        }
+        for (k, v) in &file.headers {
+            set(k.clone(), v.clone());
+        }
+        for kv in &flags.otlp_header {
+            let (k, v) = key_value("--otlp-header", kv)?;
+            set(k, percent_decode(&v));
+        }
+
+        let interval = match (&flags.otlp_interval, &file.interval) {
+            (Some(d), _) => duration("--otlp-interval", d)?,
+            (None, Some(d)) => duration("otlp.interval", d)?,
+            _ => match env("OTEL_METRIC_EXPORT_INTERVAL") {
+                Some(d) => duration("OTEL_METRIC_EXPORT_INTERVAL", &d)?,
+                None => Duration::from_secs(60),
+            },
+        };
+        let timeout = match (&flags.otlp_timeout, &file.timeout) {
+            (Some(d), _) => duration("--otlp-timeout", d)?,
+            (None, Some(d)) => duration("otlp.timeout", d)?,
+            _ => match signal("TIMEOUT") {
+                Some(d) => duration("OTEL_EXPORTER_OTLP_TIMEOUT", &d)?,
+                None => Duration::from_secs(10),
+            },
+        };
+        let path = |flag: &Option<PathBuf>, file: &Option<PathBuf>, var: &str| {
+            flag.clone()
+                .or_else(|| file.clone())
+                .or_else(|| signal(var).map(PathBuf::from))
+        };
+        let mut resource_attributes: Vec<(String, String)> = file
+            .resource_attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for kv in &flags.otlp_resource_attribute {
+            resource_attributes.push(key_value("--otlp-resource-attribute", kv)?);
+        }
+        Ok(Some(OtlpSettings {
+            endpoint,
+            protocol,
+            headers,
+            interval,
+            timeout,
+            certificate: path(&flags.otlp_certificate, &file.certificate, "CERTIFICATE"),
+            client_certificate: path(
+                &flags.otlp_client_certificate,
+                &file.client_certificate,
+                "CLIENT_CERTIFICATE",
+            ),
+            client_key: path(&flags.otlp_client_key, &file.client_key, "CLIENT_KEY"),
+            resource_attributes,
+            max_sites: flags
+                .otlp_max_sites
+                .or(file.max_sites)
+                .unwrap_or(DEFAULT_MAX_SITES),
+            histogram: flags.otlp_histogram.or(file.histogram).unwrap_or_default(),
+            stack_attribute: flags.otlp_stack_attribute || file.stack_attribute.unwrap_or(false),
+        }))
+    }
+}
+
+fn with_signal_path(base: &str, protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Grpc => base.to_owned(),
+        _ => format!("{}/v1/metrics", base.trim_end_matches('/')),
+    }
+}
+
+fn key_value(what: &'static str, s: &str) -> Result<(String, String), Error> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(Error::KeyValue(what, s.to_owned())),
+    }
+}
+
+/// OTEL_EXPORTER_OTLP_HEADERS values are percent-encoded (W3C baggage).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// "500ms", "10s", "2m", "1h", or a bare number of milliseconds (the
+/// OTEL_* variables' unit).
+pub fn duration(what: &'static str, s: &str) -> Result<Duration, Error> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let bad = || Error::Duration(what, s.to_owned());
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "" | "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(bad()),
+    };
+    if d.is_zero() {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn resolve(flags: &OtlpFlags, file: &OtlpFile, env: &[(&str, &str)]) -> Option<OtlpSettings> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        OtlpSettings::resolve(flags, file, |k| env.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn off_without_an_endpoint() {
+        assert!(resolve(&OtlpFlags::default(), &OtlpFile::default(), &[]).is_none());
+        let empty = [("OTEL_EXPORTER_OTLP_ENDPOINT", "")];
+        assert!(resolve(&OtlpFlags::default(), &OtlpFile::default(), &empty).is_none());
+    }
+
+    #[test]
+    fn endpoint_rules_follow_the_specification() {
+        let none = (OtlpFlags::default(), OtlpFile::default());
+        let s = resolve(
+            &none.0,
+            &none.1,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")],
+        )
+        .unwrap();
+        assert_eq!(s.endpoint, "http://c:4318/v1/metrics");
+        assert_eq!(s.protocol, Protocol::HttpProtobuf);
+        let s = resolve(
+            &none.0,
+            &none.1,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.endpoint.as_str(), s.protocol),
+            ("http://c:4317", Protocol::Grpc)
+        );
+        let s = resolve(
+            &none.0,
+            &none.1,
+            &[
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m/custom"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.endpoint, "http://m/custom");
+        // The command line beats the file, which beats the environment.
+        let flags = OtlpFlags {
+            otlp_endpoint: Some("http://flag:4318".into()),
+            ..Default::default()
+        };
+        let file = OtlpFile {
+            endpoint: Some("http://file:4318".into()),
+            protocol: Some(Protocol::HttpJson),
+            ..Default::default()
+        };
+        let s = resolve(
+            &flags,
+            &file,
+            &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://env")],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.endpoint.as_str(), s.protocol),
+            ("http://flag:4318/v1/metrics", Protocol::HttpJson)
+        );
+    }
+
+    #[test]
+    fn headers_interval_and_limits_merge() {
+        let flags = OtlpFlags {
+            otlp_endpoint: Some("http://c".into()),
+            otlp_header: vec!["X-B=flag".into()],
+            otlp_interval: Some("2s".into()),
+            otlp_max_sites: Some(7),
+            ..Default::default()
+        };
+        let mut file = OtlpFile::default();
+        file.headers.insert("x-c".into(), "file".into());
+        let s = resolve(
+            &flags,
+            &file,
+            &[
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-a=1,x-b=env%20value"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.headers,
+            [
+                ("x-a".into(), "1".into()),
+                ("x-c".into(), "file".into()),
+                ("X-B".into(), "flag".into())
+            ]
+        );
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(s.timeout, Duration::from_secs(10));
+        assert_eq!(s.max_sites, 7);
+        let s = resolve(
+            &OtlpFlags {
+                otlp_endpoint: Some("http://c".into()),
+                ..Default::default()
+            },
+            &OtlpFile::default(),
+            &[
+                ("OTEL_METRIC_EXPORT_INTERVAL", "5000"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "k=a%2Cb"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.interval, Duration::from_secs(5));
+        assert_eq!(s.headers, [("k".into(), "a,b".into())]);
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let flags = OtlpFlags {
+            otlp_endpoint: Some("http://c".into()),
+            ..Default::default()
+        };
+        let err = |env: &[(&str, &str)], flags: &OtlpFlags| {
+            let env: HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            OtlpSettings::resolve(flags, &OtlpFile::default(), |k| env.get(k).cloned())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "udp")], &flags)
+                .contains("OTEL_EXPORTER_OTLP_PROTOCOL")
+        );
+        assert!(
+            err(&[("OTEL_METRIC_EXPORT_INTERVAL", "soon")], &flags)
+                .contains("OTEL_METRIC_EXPORT_INTERVAL")
+        );
+        let bad = OtlpFlags {
+            otlp_header: vec!["novalue".into()],
+            ..flags.clone()
+        };
+        assert!(err(&[], &bad).contains("--otlp-header"));
+        assert!(duration("x", "0s").is_err());
+        assert_eq!(duration("x", "3m").unwrap(), Duration::from_secs(180));
+    }
+}

@@ -1,0 +1,178 @@
+//! The OTLP instruments, fed per goroutine; attributes are built once per
+//! creation site.
+
+use super::{HistogramKind, LIFETIME_BUCKETS};
+use crate::model::{Goroutine, Sink};
+use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Histogram, Meter, UpDownCounter},
+};
+use rustc_hash::FxHashMap;
+use std::{collections::HashSet, sync::Arc};
+
+/// Feeds the OTLP instruments; attributes are built once per site.
+pub struct OtlpSink {
+    created: Counter<u64>,
+    exited: Counter<u64>,
+    lifetime: Histogram<f64>,
+    live: UpDownCounter<i64>,
+    sites: FxHashMap<u64, Arc<[KeyValue]>>,
+    /// Distinct (creator, start) pairs per process, for the guard.
+    per_process: FxHashMap<u32, HashSet<(String, String, String)>>,
+    max_sites: usize,
+    /// Adds `go.goroutine.stack` (opt-in: a series per distinct stack).
+    stack_attribute: bool,
+    /// Sites folded into `other` by the guard.
+    pub overflowed: u64,
+    version: String,
+    /// Standalone mode's executable (node mode has it per process).
+    exe: Option<String>,
+}
+
+impl OtlpSink {
+    /// `go_version` labels process.runtime.version where the process's own
+    /// is unknown; `exe` is standalone mode's executable.
+    pub fn new(
+        meter: &Meter,
+        settings: &super::OtlpSettings,
+        go_version: &str,
+        exe: Option<String>,
+    ) -> Self {
+        let lifetime = meter
+            .f64_histogram("go.goroutine.lifetime")
+            .with_unit("s")
+            .with_description("Lifetime of goroutines, recorded once each at exit");
+        // Exponential aggregation comes from a view; explicit boundaries
+        // here would override it.
+        let lifetime = match settings.histogram {
+            HistogramKind::Explicit => lifetime.with_boundaries(LIFETIME_BUCKETS.to_vec()),
+            HistogramKind::Exponential => lifetime,
+        };
+        OtlpSink {
+            created: meter
+                .u64_counter("go.goroutine.created")
+                .with_unit("{goroutine}")
+                .with_description("Goroutines created")
+                .build(),
+            exited: meter
+                .u64_counter("go.goroutine.exited")
+                .with_unit("{goroutine}")
+                .with_description("Goroutines that exited")
+                .build(),
+            lifetime: lifetime.build(),
+            live: meter
+                .i64_up_down_counter("go.goroutine.live")
+                .with_unit("{goroutine}")
+                .with_description("Goroutines alive (created since the agent attached)")
+                .build(),
+            sites: FxHashMap::default(),
+            per_process: FxHashMap::default(),
+            max_sites: settings.max_sites,
+            stack_attribute: settings.stack_attribute,
+            overflowed: 0,
+            version: go_version.to_owned(),
+            exe,
+        }
+    }
+
+    fn attrs(&mut self, g: &Goroutine) -> Arc<[KeyValue]> {
+        if let Some(a) = self.sites.get(&g.site.id) {
+            return a.clone();
+        }
+        let name = |f: &Option<crate::gobin::Frame>| {
+            f.as_ref()
+                .map(|f| f.function.clone())
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let (mut creator, mut start) = (name(&g.site.creator), name(&g.site.start));
+        let mut stack = self.stack_attribute.then(|| stack_text(&g.site.stack));
+        let seen = self.per_process.entry(g.pid).or_default();
+        let key = (
+            creator.clone(),
+            start.clone(),
+            stack.clone().unwrap_or_default(),
+        );
+        if !seen.contains(&key) {
+            if seen.len() >= self.max_sites {
+                self.overflowed += 1;
+                (creator, start) = ("other".into(), "other".into());
+                stack = stack.map(|_| "other".into());
+            } else {
+                seen.insert(key);
+            }
+        }
+        let mut a = vec![
+            KeyValue::new("go.goroutine.creator", creator),
+            KeyValue::new("go.goroutine.start", start),
+        ];
+        if let Some(stack) = stack {
+            a.push(KeyValue::new("go.goroutine.stack", stack));
+        }
+        a.extend([
+            KeyValue::new("process.pid", g.pid as i64),
+            KeyValue::new("process.runtime.name", "go"),
+            KeyValue::new(
+                "process.runtime.version",
+                g.site
+                    .proc
+                    .as_deref()
+                    .map(|p| p.runtime_version.clone())
+                    .unwrap_or_else(|| self.version.clone()),
+            ),
+        ]);
+        if let Some(exe) = &self.exe {
+            a.push(KeyValue::new("process.executable.path", exe.clone()));
+        }
+        if let Some(p) = g.site.proc.as_deref() {
+            a.push(KeyValue::new("process.executable.path", p.binary.clone()));
+            if let Some(c) = &p.container_id {
+                a.push(KeyValue::new("container.id", c.clone()));
+            }
+            if let Some(u) = &p.pod_uid {
+                a.push(KeyValue::new("k8s.pod.uid", u.clone()));
+            }
+            if let Some(k) = &p.k8s {
+                a.extend(k.attributes().into_iter().map(|(k, v)| KeyValue::new(k, v)));
+            }
+        }
+        let a: Arc<[KeyValue]> = a.into();
+        self.sites.insert(g.site.id, a.clone());
+        a
+    }
+}
+
+/// The creation stack as text: one `function file:line` per frame,
+/// innermost first, as the log lines print it.
+fn stack_text(stack: &[crate::gobin::Frame]) -> String {
+    let mut s = String::new();
+    for (i, f) in stack.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        s.push_str(&f.function);
+        if let (Some(file), Some(line)) = (&f.file, f.line) {
+            s.push_str(&format!(" {file}:{line}"));
+        }
+    }
+    s
+}
+
+impl Sink for OtlpSink {
+    fn created(&mut self, g: &Goroutine) {
+        let a = self.attrs(g);
+        self.created.add(1, &a);
+        self.live.add(1, &a);
+    }
+
+    fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
+        let a = self.attrs(g);
+        self.exited.add(1, &a);
+        self.live.add(-1, &a);
+        self.lifetime
+            .record(exited_ns.saturating_sub(g.created_ns) as f64 / 1e9, &a);
+    }
+
+    fn site_gone(&mut self, site_id: u64) {
+        self.sites.remove(&site_id);
+    }
+}
