@@ -2,27 +2,19 @@
 //! protobuf -> VictoriaMetrics (Debian's, fetched by the bootstrap), whose
 //! stored numbers must equal what the spawner itself reports, exactly.
 
-use e2e::{Proc, fixture, free_port, http_get, piped, require_root, wait_for};
+use e2e::{
+    Proc, fixture, free_port, http_get,
+    otel::{run_spawner, run_spawner_after, victoria, vm_sum},
+    require_root, wait_for,
+};
 use std::{
-    io::{BufRead, Write},
+    io::BufRead,
     process::{Command, Stdio},
     time::Duration,
 };
 
-const VM: &str = "/var/cache/gmon-agent/vm/usr/bin/victoria-metrics";
-
 // Each agent traces every process of the spawner binary: one test at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Latest value of each series matching `selector`, summed.
-fn vm_sum(port: u16, selector: &str) -> f64 {
-    let path = format!("/api/v1/export?match[]={}", selector.replace(' ', "%20"));
-    let (_, body) = http_get(port, &path).unwrap();
-    body.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["values"].as_array()?.last()?.as_f64())
-        .sum()
-}
 
 #[test]
 fn spawner_counts_reach_victoriametrics_exactly() {
@@ -30,10 +22,6 @@ fn spawner_counts_reach_victoriametrics_exactly() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(
-        std::path::Path::new(VM).exists(),
-        "{VM} is missing: scripts/fetch-go.sh (run by the bootstrap) fetches it"
-    );
     let data = tempfile::tempdir().unwrap();
     let vm_port = free_port();
     let _vm = victoria(vm_port, data.path());
@@ -96,52 +84,6 @@ fn spawner_counts_reach_victoriametrics_exactly() {
         );
     }
     assert_eq!(per_site.values().sum::<f64>(), 40.0);
-}
-
-/// Starts VictoriaMetrics on `port` with its data in `dir`.
-fn victoria(port: u16, dir: &std::path::Path) -> Proc {
-    let vm = Proc::spawn(
-        Command::new(VM)
-            .arg(format!("-storageDataPath={}", dir.display()))
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_for(Duration::from_secs(10), || http_get(port, "/health").ok())
-        .expect("VictoriaMetrics up");
-    vm
-}
-
-/// Runs one spawner to completion; returns its per-site counts.
-fn run_spawner(rounds: u32) -> std::collections::HashMap<String, f64> {
-    run_spawner_after(rounds, || {})
-}
-
-/// Like `run_spawner`, calling `ready` once the spawner waits to start.
-fn run_spawner_after(rounds: u32, ready: impl FnOnce()) -> std::collections::HashMap<String, f64> {
-    let mut sp = Proc::spawn(piped(fixture("spawner")).arg(format!("-rounds={rounds}")));
-    let mut out = sp.stdout_lines();
-    assert!(out.next().unwrap().unwrap().starts_with("ready"));
-    ready();
-    let mut stdin = sp.stdin();
-    writeln!(stdin).unwrap();
-    let mut per_site = std::collections::HashMap::new();
-    for l in out.by_ref() {
-        let l = l.unwrap();
-        if l.starts_with("done") {
-            break;
-        }
-        let site = l
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .trim_start_matches("site=")
-            .to_owned();
-        *per_site.entry(site).or_default() += 1.0;
-    }
-    drop(stdin);
-    let _ = sp.child.wait();
-    per_site
 }
 
 #[test]

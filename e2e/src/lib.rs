@@ -2,6 +2,7 @@
 //! fixtures, running processes that are killed when dropped, plain HTTP.
 
 pub mod gmon;
+pub mod otel;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
