@@ -358,7 +358,17 @@ impl Node {
                         .latency
                         .observe(now.saturating_sub(t) as f64 / 1e9);
                 }
-                tracing::debug!(pid, exe = %b.exe, "process probed");
+                match &self.procs[&pid].labels.k8s {
+                    Some(k) => tracing::debug!(
+                        pid,
+                        exe = %b.exe,
+                        namespace = %k.pod.namespace,
+                        pod = %k.pod.name,
+                        container = %k.container_name.as_deref().unwrap_or(""),
+                        "process probed"
+                    ),
+                    None => tracing::debug!(pid, exe = %b.exe, "process probed"),
+                }
             }
             Err(skip) => {
                 self.metrics
@@ -576,6 +586,15 @@ impl Node {
         }
         for (pid, pod) in changed {
             let p = self.procs.get_mut(&pid).expect("listed above");
+            if let Some(k) = &pod {
+                tracing::debug!(
+                    pid,
+                    namespace = %k.pod.namespace,
+                    pod = %k.pod.name,
+                    container = %k.container_name.as_deref().unwrap_or(""),
+                    "process labelled"
+                );
+            }
             let labels = Arc::new(ProcLabels {
                 k8s: pod,
                 ..(*p.labels).clone()

@@ -2,7 +2,11 @@
 //! discovery latency, one attachment per binary, cleanup after churn, a
 //! binary replaced in place, and selection.
 
-use e2e::{Proc, fixture, free_port, http_get, piped, require_root, wait_for};
+use e2e::{
+    Proc,
+    docker::{Container, container, image, require_docker},
+    fixture, free_port, http_get, piped, require_root, wait_for,
+};
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
@@ -316,73 +320,6 @@ fn a_binary_replaced_in_place_is_analysed_afresh_and_selection_applies() {
         (agent.metric("gmon_agent_binaries_attached") == 0.0).then_some(())
     })
     .expect("both detached");
-}
-
-const DOCKER: &str = "/usr/bin/docker";
-
-/// True when a Docker daemon answers (scripts/docker-up.sh starts one); in
-/// CI its absence is a failure, elsewhere the test is skipped.
-fn require_docker() -> bool {
-    let ok = Command::new(DOCKER)
-        .arg("info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok && std::env::var_os("CI").is_some() {
-        panic!("no Docker daemon: scripts/test.sh starts one with scripts/docker-up.sh");
-    }
-    if !ok {
-        eprintln!("skipping container test: no Docker daemon (run scripts/docker-up.sh)");
-    }
-    ok
-}
-
-/// A FROM-scratch image holding one static fixture as /app.
-fn image(fixture_name: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture(fixture_name), dir.path().join("app")).unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY app /app\nENTRYPOINT [\"/app\"]\n",
-    )
-    .unwrap();
-    let tag = format!("gmon-agent-test/{fixture_name}:latest");
-    let st = Command::new(DOCKER)
-        .args(["build", "-q", "-t", &tag])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "docker build {tag}");
-    tag
-}
-
-/// A container in a Kubernetes-shaped cgroup, its stdin held open.
-struct Container {
-    proc: Proc,
-    id: String,
-}
-
-fn container(image: &str, pod_uid: &str, cidfile: &std::path::Path, args: &[&str]) -> Container {
-    let proc = Proc::spawn(
-        Command::new(DOCKER)
-            .args(["run", "-i", "--rm", "--cgroup-parent"])
-            .arg(format!("/kubepods/burstable/pod{pod_uid}"))
-            .arg("--cidfile")
-            .arg(cidfile)
-            .arg(image)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null()),
-    );
-    let id = wait_for(Duration::from_secs(10), || {
-        std::fs::read_to_string(cidfile)
-            .ok()
-            .filter(|s| s.len() == 64)
-    })
-    .expect("container started");
-    Container { proc, id }
 }
 
 #[test]

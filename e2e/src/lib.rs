@@ -1,7 +1,9 @@
 //! Support for gmon-agent's end-to-end tests and benchmarks: locating the
 //! fixtures, running processes that are killed when dropped, plain HTTP.
 
+pub mod docker;
 pub mod gmon;
+pub mod kube;
 pub mod otel;
 
 use std::{
@@ -147,12 +149,31 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 
 /// GET http://127.0.0.1:PORT/PATH; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(port, "GET", path, None)
+}
+
+/// METHOD http://127.0.0.1:PORT/PATH with an optional (content type,
+/// body); returns (status, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     )?;
+    match body {
+        Some((ty, b)) => write!(
+            s,
+            "Content-Type: {ty}\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        )?,
+        None => write!(s, "\r\n")?,
+    }
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let status = resp

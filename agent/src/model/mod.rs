@@ -102,12 +102,13 @@ struct Proc {
     retired: Vec<((u64, u64, u64), Arc<Site>)>,
 }
 
+static NEXT_SITE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The goroutine table for the processes of one binary.
 pub struct Tracker {
     binary: Arc<GoBinary>,
     depth: usize,
     procs: HashMap<u32, Proc>,
-    next_site: u64,
     pub stats: Stats,
 }
 
@@ -118,7 +119,6 @@ impl Tracker {
             binary,
             depth,
             procs: HashMap::default(),
-            next_site: 0,
             stats: Stats::default(),
         }
     }
@@ -275,9 +275,10 @@ impl Tracker {
         let creator = (ev.gopc != 0).then(|| frame(ev.gopc.saturating_sub(1), &mut stats));
         let start = (ev.startpc != 0).then(|| frame(ev.startpc, &mut stats));
         self.stats = stats;
-        self.next_site += 1;
         Site {
-            id: self.next_site,
+            // Unique across trackers: node mode has one per binary, and
+            // the sinks they share cache per site id.
+            id: NEXT_SITE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             stack,
             creator,
             start,

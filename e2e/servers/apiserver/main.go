@@ -308,7 +308,14 @@ func run(listen, etcd, prefix string) error {
 		}
 	}()
 	fmt.Fprintf(os.Stderr, "kube-testapi: serving core/v1 on http://%s (etcd %s)\n", listen, etcd)
-	err = prepared.RunWithContext(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- prepared.RunWithContext(ctx) }()
+	select {
+	case err = <-runErr:
+	case <-ctx.Done():
+		// Tests stop and restart the server: drop open watches at once
+		// (clients see them end, as when a real API server goes away).
+	}
 	_ = httpServer.Close()
 	return err
 }

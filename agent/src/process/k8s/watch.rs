@@ -77,11 +77,13 @@ pub async fn spawn(
                 }
                 Ok(watcher::Event::Apply(p)) => {
                     if let Some(m) = meta(&p) {
+                        tracing::debug!(namespace = %m.namespace, pod = %m.name, containers = m.containers.len(), "pod updated");
                         index.update(|ix| ix.insert(m));
                     }
                 }
                 Ok(watcher::Event::Delete(p)) => {
                     if let Some(uid) = p.metadata.uid.as_deref() {
+                        tracing::debug!(uid, "pod deleted");
                         index.update(|ix| ix.remove(uid));
                     }
                 }
