@@ -31,8 +31,8 @@ fi
 
 PKGS=(golang-1.23-go "llvm-${LLVM_VER}-dev" "libpolly-${LLVM_VER}-dev" libzstd-dev
       zlib1g-dev golang-1.19-go pkg-config iproute2 procps curl protobuf-compiler
-      make gcc libc6-dev docker.io containerd runc)
-# make, gcc: jemalloc (tikv-jemalloc-sys) builds from source; docker: the
+      make gcc libc6-dev docker.io containerd runc openssl ca-certificates)
+# openssl: test certificates for the OTLP TLS test. make, gcc: jemalloc (tikv-jemalloc-sys) builds from source; docker: the
 # node-mode container tests (scripts/docker-up.sh starts the daemon).
 missing=()
 for p in "${PKGS[@]}"; do

@@ -257,3 +257,19 @@ fn tls_exponential_histograms_and_stack_attributes() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn the_example_collector_pipeline_is_valid() {
+    // No root needed: the collector only parses and validates it.
+    let config = e2e::repo_root().join("deploy/otel-collector.yaml");
+    let out = Command::new(e2e::otel::COLLECTOR)
+        .arg("validate")
+        .arg(format!("--config={}", config.display()))
+        .output()
+        .expect("the collector runs (scripts/build-test-servers.sh builds it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
