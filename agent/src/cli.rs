@@ -238,6 +238,29 @@ mod tests {
     }
 
     #[test]
+    fn switches_take_no_value_and_single_dash_works_for_every_flag() {
+        // A switch must not swallow the next argument as its value.
+        let c = parse(&[
+            "gmon-agent",
+            "-otlp-stack-attribute",
+            "-path",
+            "/bin/x",
+            "-otlp-protocol",
+            "grpc",
+            "-k8s-pod-label=app",
+        ])
+        .unwrap();
+        assert!(c.otlp.otlp_stack_attribute);
+        assert_eq!(c.path, Some(PathBuf::from("/bin/x")));
+        assert_eq!(
+            c.otlp.otlp_protocol,
+            Some(crate::export::otlp::Protocol::Grpc)
+        );
+        assert_eq!(c.k8s.k8s_pod_label, ["app"]);
+        assert!(parse(&["gmon-agent", "--otlp-protocol", "udp"]).is_err());
+    }
+
+    #[test]
     fn defaults_match_gmon() {
         let c = parse(&["gmon-agent", "--path", "/bin/x"]).unwrap();
         assert_eq!((c.metrics, c.level, c.pid), (5500, Level::Info, 0));

@@ -1,4 +1,4 @@
-use gmon_agent::{cli::Cli, run, telemetry};
+use gmon_agent::{cli::Cli, config::Config, run, telemetry};
 
 // jemalloc, so that `-pprof` can serve heap profiles. Sampling is compiled
 // in but stays inactive unless -pprof is given.
@@ -19,14 +19,28 @@ fn main() -> std::process::ExitCode {
         std::process::exit(70);
     }));
     let cli = Cli::parse_from_env();
-    let _trace = match telemetry::init(cli.level, cli.trace.as_deref()) {
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gmon-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let logs = match run::log_export(&cli, &config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gmon-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let _trace = match telemetry::init(cli.level, cli.trace.as_deref(), logs) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("gmon-agent: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
-    match run::run(cli) {
+    match run::run(cli, config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gmon-agent: {e}");

@@ -38,9 +38,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub fn run(cli: Cli) -> Result<(), Error> {
+pub fn run(cli: Cli, config: crate::config::Config) -> Result<(), Error> {
     let clock = Clock::new();
-    let config = crate::config::Config::load(cli.config.as_deref())?;
     let include: Vec<String> = config.include.iter().chain(&cli.include).cloned().collect();
     let exclude: Vec<String> = config.exclude.iter().chain(&cli.exclude).cloned().collect();
     let scope = cli.scope.or(config.scope).unwrap_or_default();

@@ -5,6 +5,7 @@
 
 use crate::{
     cli::Cli,
+    config::Config,
     export::{
         Fanout,
         logfmt::{Clock, GmonLog},
@@ -60,14 +61,29 @@ pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 pub(crate) const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Standalone mode with --path; node mode without.
-pub fn run(cli: Cli) -> Result<(), Error> {
+pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
     match cli.path.clone() {
-        Some(path) => run_one(cli, &path),
-        None => crate::node::run(cli),
+        Some(path) => run_one(cli, config, &path),
+        None => crate::node::run(cli, config),
     }
 }
 
-fn run_one(cli: Cli, path: &std::path::Path) -> Result<(), Error> {
+/// The agent's own logs as OTLP, if `--otlp-logs` (or the config file)
+/// asks for it.
+pub fn log_export(
+    cli: &Cli,
+    config: &Config,
+) -> Result<Option<opentelemetry_sdk::logs::SdkLoggerProvider>, Error> {
+    match otlp_settings(cli, config)? {
+        Some(s) => Ok(crate::export::otlp::log_provider(&s)?),
+        None if cli.otlp.otlp_logs || config.otlp.logs == Some(true) => {
+            Err(crate::export::otlp::settings::Error::LogsEndpoint.into())
+        }
+        None => Ok(None),
+    }
+}
+
+fn run_one(cli: Cli, config: Config, path: &std::path::Path) -> Result<(), Error> {
     let clock = Clock::new();
     let binary = {
         let _span = tracing::debug_span!("analyse").entered();
@@ -77,7 +93,6 @@ fn run_one(cli: Cli, path: &std::path::Path) -> Result<(), Error> {
     if let Some(pid) = pid {
         process::check_runs(pid.get(), binary.id)?;
     }
-    let config = crate::config::Config::load(cli.config.as_deref())?;
     let metrics = Metrics::new()?;
     let otlp = Otlp::if_configured(otlp_settings(&cli, &config)?)?;
 
@@ -318,10 +333,7 @@ fn read_events(
 }
 
 /// OTLP settings from the flags, the config file and the environment.
-pub(crate) fn otlp_settings(
-    cli: &Cli,
-    config: &crate::config::Config,
-) -> Result<Option<OtlpSettings>, Error> {
+pub(crate) fn otlp_settings(cli: &Cli, config: &Config) -> Result<Option<OtlpSettings>, Error> {
     Ok(OtlpSettings::resolve(&cli.otlp, &config.otlp, |k| {
         std::env::var(k).ok()
     })?)

@@ -15,10 +15,31 @@ pub enum Error {
     },
 }
 
-/// Keeps the trace file open; dropping it writes the closing bracket.
-pub struct TraceGuard(#[allow(dead_code)] Option<tracing_chrome::FlushGuard>);
+/// Keeps the trace file open and the log export running; dropping it
+/// writes the trace's closing bracket and sends the last logs.
+pub struct TraceGuard {
+    _chrome: Option<tracing_chrome::FlushGuard>,
+    logs: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
+}
 
-pub fn init(level: Level, trace: Option<&Path>) -> Result<TraceGuard, Error> {
+impl Drop for TraceGuard {
+    fn drop(&mut self) {
+        if let Some(l) = self.logs.take() {
+            // Nowhere left to report a failure: stderr only.
+            if let Err(e) = l.shutdown() {
+                eprintln!("gmon-agent: OTLP log export at shutdown failed: {e}");
+            }
+        }
+    }
+}
+
+/// `logs`: with `--otlp-logs`, the agent's own events (INFO and up) also
+/// go out as OTLP log records.
+pub fn init(
+    level: Level,
+    trace: Option<&Path>,
+    logs: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
+) -> Result<TraceGuard, Error> {
     let filter = match level {
         Level::Debug => "warn,gmon_agent=debug",
         Level::Info => "warn,gmon_agent=info",
@@ -50,9 +71,18 @@ pub fn init(level: Level, trace: Option<&Path>) -> Result<TraceGuard, Error> {
         }
         None => (None, None),
     };
+    // Only the agent's own events: the exporters' internal ones would loop.
+    let otlp = logs.as_ref().map(|p| {
+        opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(p)
+            .with_filter(Targets::new().with_target("gmon_agent", tracing::Level::INFO))
+    });
     tracing_subscriber::registry()
         .with(stderr)
         .with(chrome)
+        .with(otlp)
         .init();
-    Ok(TraceGuard(guard))
+    Ok(TraceGuard {
+        _chrome: guard,
+        logs,
+    })
 }

@@ -90,7 +90,7 @@ fn through_the_collector_over_grpc_then_http() {
         let log = dir
             .path()
             .join(format!("agent-{}.log", protocol.replace('/', "-")));
-        let (mut agent, _) = agent(&endpoint, protocol, &service, &[], &log);
+        let (mut agent, _) = agent(&endpoint, protocol, &service, &["--otlp-logs"], &log);
         let want = run_spawner(10);
         assert_eq!(want.values().sum::<f64>(), 40.0);
         // SIGTERM: the last interval is exported before the agent exits.
@@ -101,8 +101,13 @@ fn through_the_collector_over_grpc_then_http() {
         check_totals(vm_port, &service, &want, protocol);
     }
     // The collector's own debug exporter saw the instruments with their
-    // units and semantic-convention attributes.
+    // units and semantic-convention attributes, and the agent's own logs.
     let log = collector.log_text();
+    let attached = log.matches("Body: Str(attached)").count();
+    assert_eq!(
+        attached, 2,
+        "the agent's \"attached\" log, once per protocol"
+    );
     for s in [
         "go.goroutine.lifetime",
         "-> Unit: s",

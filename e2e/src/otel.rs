@@ -65,8 +65,8 @@ pub fn vm_wait_sum(port: u16, selector: &str, want: f64, timeout: Duration) -> f
     last
 }
 
-/// A collector listening for OTLP on gRPC and HTTP, exporting to
-/// VictoriaMetrics over OTLP/HTTP and to its debug log.
+/// A collector listening for OTLP on gRPC and HTTP, exporting metrics to
+/// VictoriaMetrics over OTLP/HTTP and everything to its debug log.
 pub struct Collector {
     pub proc: Proc,
     pub grpc_port: u16,
@@ -123,6 +123,9 @@ service:
       receivers: [otlp]
       processors: [batch]
       exporters: [otlp_http/vm, debug]
+    logs:
+      receivers: [otlp]
+      exporters: [debug]
 "
             ),
         )

@@ -119,8 +119,22 @@ pub struct Otlp {
     provider: SdkMeterProvider,
     pub stats: Arc<ExportStats>,
     pub settings: OtlpSettings,
-    /// gRPC only: the runtime tonic runs on; dropped after the provider.
-    _rt: Option<tokio::runtime::Runtime>,
+}
+
+/// The small runtime tonic runs on (gRPC only; metrics and logs share it).
+/// The SDK's exporter threads have none of their own.
+fn grpc_runtime() -> Result<&'static tokio::runtime::Runtime, Error> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("otlp-grpc")
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    Ok(RT.get_or_init(|| rt))
 }
 
 fn read_pem(path: &std::path::Path) -> Result<Vec<u8>, Error> {
@@ -161,14 +175,9 @@ impl Otlp {
         let fail =
             |e: &dyn std::fmt::Display| Error::Exporter(settings.endpoint.clone(), e.to_string());
         let stats = Arc::new(ExportStats::default());
-        let (reader, rt) = match settings.protocol {
+        let reader = match settings.protocol {
             Protocol::Grpc => {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .thread_name("otlp-grpc")
-                    .enable_all()
-                    .build()
-                    .map_err(Error::Runtime)?;
+                let rt = grpc_runtime()?;
                 let exporter = {
                     let _guard = rt.enter();
                     grpc_exporter(&settings, &tls).map_err(|e| fail(&e))?
@@ -178,10 +187,9 @@ impl Otlp {
                     stats: stats.clone(),
                     rt: Some(rt.handle().clone()),
                 };
-                let reader = PeriodicReader::builder(counted)
+                PeriodicReader::builder(counted)
                     .with_interval(settings.interval)
-                    .build();
-                (reader, Some(rt))
+                    .build()
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => {
                 let exporter = http_exporter(&settings, &tls).map_err(|e| fail(&e))?;
@@ -190,34 +198,14 @@ impl Otlp {
                     stats: stats.clone(),
                     rt: None,
                 };
-                let reader = PeriodicReader::builder(counted)
+                PeriodicReader::builder(counted)
                     .with_interval(settings.interval)
-                    .build();
-                (reader, None)
+                    .build()
             }
         };
-        let mut resource = Resource::builder();
-        // service.name: OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES if
-        // they set it (the SDK reads both), else gmon-agent.
-        let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
-            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| {
-                a.split(',')
-                    .any(|kv| kv.trim().starts_with("service.name="))
-            });
-        if !named {
-            resource = resource.with_service_name("gmon-agent");
-        }
-        let resource = resource
-            .with_attributes(
-                settings
-                    .resource_attributes
-                    .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-            )
-            .build();
         let mut provider = SdkMeterProvider::builder()
             .with_reader(reader)
-            .with_resource(resource);
+            .with_resource(resource(&settings));
         if settings.histogram == HistogramKind::Exponential {
             provider = provider.with_view(|i: &Instrument| {
                 (i.name() == "go.goroutine.lifetime").then(|| {
@@ -236,7 +224,6 @@ impl Otlp {
             provider: provider.build(),
             stats,
             settings,
-            _rt: rt,
         })
     }
 
@@ -257,70 +244,186 @@ impl Otlp {
     }
 }
 
-fn grpc_exporter(
-    s: &OtlpSettings,
-    tls: &Tls,
-) -> Result<opentelemetry_otlp::MetricExporter, Box<dyn std::error::Error>> {
-    use opentelemetry_otlp::tonic_types::{
-        metadata::MetadataMap,
-        transport::{Certificate, ClientTlsConfig, Identity},
+/// The resource every export carries: service.name from OTEL_SERVICE_NAME
+/// or OTEL_RESOURCE_ATTRIBUTES if they set it (the SDK reads both), else
+/// gmon-agent; plus the configured attributes.
+fn resource(settings: &OtlpSettings) -> Resource {
+    let mut resource = Resource::builder();
+    let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| {
+            a.split(',')
+                .any(|kv| kv.trim().starts_with("service.name="))
+        });
+    if !named {
+        resource = resource.with_service_name("gmon-agent");
+    }
+    resource
+        .with_attributes(
+            settings
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .build()
+}
+
+/// Runs a log exporter's exports on the gRPC runtime.
+#[derive(Debug)]
+struct OnRuntime<E>(E);
+
+impl<E: opentelemetry_sdk::logs::LogExporter> opentelemetry_sdk::logs::LogExporter
+    for OnRuntime<E>
+{
+    async fn export(&self, batch: opentelemetry_sdk::logs::LogBatch<'_>) -> OTelSdkResult {
+        match grpc_runtime() {
+            Ok(rt) => rt.block_on(self.0.export(batch)),
+            Err(e) => Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                e.to_string(),
+            )),
+        }
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let _guard = grpc_runtime().ok().map(|rt| rt.enter());
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// The agent's own diagnostics as OTLP logs (`--otlp-logs`), batched on
+/// the SDK's thread; `None` unless configured. Shut it down at exit.
+pub fn log_provider(
+    settings: &OtlpSettings,
+) -> Result<Option<opentelemetry_sdk::logs::SdkLoggerProvider>, Error> {
+    let Some(endpoint) = &settings.logs_endpoint else {
+        return Ok(None);
     };
-    let mut metadata = MetadataMap::new();
+    let fail = |e: &dyn std::fmt::Display| Error::Exporter(endpoint.clone(), e.to_string());
+    let tls = Tls::load(settings)?;
+    let b = opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_resource(resource(settings));
+    let b = match settings.protocol {
+        Protocol::Grpc => {
+            let _guard = grpc_runtime()?.enter();
+            let e = opentelemetry_otlp::LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(settings.timeout)
+                .with_metadata(grpc_metadata(settings).map_err(|e| fail(&e))?);
+            let e = match grpc_tls(endpoint, &tls) {
+                Some(t) => e.with_tls_config(t),
+                None => e,
+            };
+            b.with_batch_exporter(OnRuntime(e.build().map_err(|e| fail(&e))?))
+        }
+        Protocol::HttpProtobuf | Protocol::HttpJson => {
+            let e = opentelemetry_otlp::LogExporter::builder()
+                .with_http()
+                .with_protocol(http_protocol(settings.protocol))
+                .with_endpoint(endpoint)
+                .with_timeout(settings.timeout)
+                .with_headers(settings.headers.iter().cloned().collect())
+                .with_http_client(http_client(settings, &tls).map_err(|e| fail(&*e))?)
+                .build()
+                .map_err(|e| fail(&e))?;
+            b.with_batch_exporter(e)
+        }
+    };
+    Ok(Some(b.build()))
+}
+
+fn grpc_metadata(
+    s: &OtlpSettings,
+) -> Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap, Box<dyn std::error::Error>> {
+    let mut metadata = opentelemetry_otlp::tonic_types::metadata::MetadataMap::new();
     for (k, v) in &s.headers {
         let key: tonic::metadata::MetadataKey<tonic::metadata::Ascii> =
             k.to_ascii_lowercase().parse()?;
         metadata.insert(key, v.parse()?);
     }
-    let mut b = opentelemetry_otlp::MetricExporter::builder()
+    Ok(metadata)
+}
+
+/// TLS for an https gRPC endpoint: system roots, the extra CA, the client
+/// identity.
+fn grpc_tls(
+    endpoint: &str,
+    tls: &Tls,
+) -> Option<opentelemetry_otlp::tonic_types::transport::ClientTlsConfig> {
+    use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig, Identity};
+    if !endpoint.starts_with("https://") {
+        return None;
+    }
+    let mut t = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &tls.ca {
+        t = t.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &tls.identity {
+        t = t.identity(Identity::from_pem(cert, key));
+    }
+    Some(t)
+}
+
+fn http_protocol(p: Protocol) -> opentelemetry_otlp::Protocol {
+    match p {
+        Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+        _ => opentelemetry_otlp::Protocol::HttpBinary,
+    }
+}
+
+fn grpc_exporter(
+    s: &OtlpSettings,
+    tls: &Tls,
+) -> Result<opentelemetry_otlp::MetricExporter, Box<dyn std::error::Error>> {
+    let b = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
         .with_endpoint(&s.endpoint)
         .with_timeout(s.timeout)
-        .with_metadata(metadata)
+        .with_metadata(grpc_metadata(s)?)
         .with_temporality(Temporality::Cumulative);
-    if s.endpoint.starts_with("https://") {
-        let mut t = ClientTlsConfig::new().with_native_roots();
-        if let Some(ca) = &tls.ca {
-            t = t.ca_certificate(Certificate::from_pem(ca));
-        }
-        if let Some((cert, key)) = &tls.identity {
-            t = t.identity(Identity::from_pem(cert, key));
-        }
-        b = b.with_tls_config(t);
+    Ok(match grpc_tls(&s.endpoint, tls) {
+        Some(t) => b.with_tls_config(t),
+        None => b,
     }
-    Ok(b.build()?)
+    .build()?)
+}
+
+/// A blocking HTTP client with the configured timeout and TLS material.
+fn http_client(
+    s: &OtlpSettings,
+    tls: &Tls,
+) -> Result<reqwest::blocking::Client, Box<dyn std::error::Error>> {
+    // The blocking client must be built off any async runtime.
+    let (timeout, ca, identity) = (s.timeout, tls.ca.clone(), tls.identity.clone());
+    Ok(
+        std::thread::spawn(move || -> reqwest::Result<reqwest::blocking::Client> {
+            let mut c = reqwest::blocking::Client::builder().timeout(timeout);
+            if let Some(ca) = ca {
+                for cert in reqwest::Certificate::from_pem_bundle(&ca)? {
+                    c = c.add_root_certificate(cert);
+                }
+            }
+            if let Some((cert, key)) = identity {
+                c = c.identity(reqwest::Identity::from_pem(&[cert, key].concat())?);
+            }
+            c.build()
+        })
+        .join()
+        .map_err(|_| "HTTP client setup panicked")??,
+    )
 }
 
 fn http_exporter(
     s: &OtlpSettings,
     tls: &Tls,
 ) -> Result<opentelemetry_otlp::MetricExporter, Box<dyn std::error::Error>> {
-    // The blocking client must be built off any async runtime.
-    let (timeout, ca, identity) = (s.timeout, tls.ca.clone(), tls.identity.clone());
-    let client = std::thread::spawn(move || -> reqwest::Result<reqwest::blocking::Client> {
-        let mut c = reqwest::blocking::Client::builder().timeout(timeout);
-        if let Some(ca) = ca {
-            for cert in reqwest::Certificate::from_pem_bundle(&ca)? {
-                c = c.add_root_certificate(cert);
-            }
-        }
-        if let Some((cert, key)) = identity {
-            c = c.identity(reqwest::Identity::from_pem(&[cert, key].concat())?);
-        }
-        c.build()
-    })
-    .join()
-    .map_err(|_| "HTTP client setup panicked")??;
-    let protocol = match s.protocol {
-        Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
-        _ => opentelemetry_otlp::Protocol::HttpBinary,
-    };
     Ok(opentelemetry_otlp::MetricExporter::builder()
         .with_http()
-        .with_protocol(protocol)
+        .with_protocol(http_protocol(s.protocol))
         .with_endpoint(&s.endpoint)
         .with_timeout(s.timeout)
         .with_headers(s.headers.iter().cloned().collect())
-        .with_http_client(client)
+        .with_http_client(http_client(s, tls)?)
         .with_temporality(Temporality::Cumulative)
         .build()?)
 }

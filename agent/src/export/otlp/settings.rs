@@ -12,6 +12,10 @@ pub enum Error {
     Protocol(&'static str, String),
     #[error("{0}: expected KEY=VALUE, got {1:?}")]
     KeyValue(&'static str, String),
+    #[error(
+        "--otlp-logs: no endpoint for logs (set --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT)"
+    )]
+    LogsEndpoint,
 }
 
 /// The wire protocol, as OTEL_EXPORTER_OTLP_PROTOCOL names it.
@@ -68,6 +72,7 @@ pub struct OtlpFile {
     pub max_sites: Option<usize>,
     pub histogram: Option<HistogramKind>,
     pub stack_attribute: Option<bool>,
+    pub logs: Option<bool>,
 }
 
 /// The command line's `--otlp-*` flags.
@@ -120,6 +125,10 @@ pub struct OtlpFlags {
     /// Add the full creation stack as the go.goroutine.stack attribute (one series per distinct stack: high cardinality)
     #[arg(long)]
     pub otlp_stack_attribute: bool,
+
+    /// Also send the agent's own diagnostics (INFO and up) as OTLP logs, to the same collector
+    #[arg(long)]
+    pub otlp_logs: bool,
 }
 
 /// Resolved settings.
@@ -138,6 +147,8 @@ pub struct OtlpSettings {
     pub max_sites: usize,
     pub histogram: HistogramKind,
     pub stack_attribute: bool,
+    /// Where the agent's own logs go, if they are exported.
+    pub logs_endpoint: Option<String>,
 }
 
 /// Default distinct creation sites per process.
@@ -172,12 +183,22 @@ impl OtlpSettings {
             .otlp_endpoint
             .clone()
             .or_else(|| file.endpoint.clone());
-        let endpoint = match (base, env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")) {
-            (Some(b), _) => with_signal_path(&b, protocol),
+        let endpoint = match (&base, env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")) {
+            (Some(b), _) => with_signal_path(b, protocol, "metrics"),
             (None, Some(full)) => full,
             (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-                Some(b) => with_signal_path(&b, protocol),
+                Some(b) => with_signal_path(&b, protocol, "metrics"),
                 None => return Ok(None),
+            },
+        };
+        let logs = flags.otlp_logs || file.logs.unwrap_or(false);
+        let logs_endpoint = match (&base, env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")) {
+            _ if !logs => None,
+            (Some(b), _) => Some(with_signal_path(b, protocol, "logs")),
+            (None, Some(full)) => Some(full),
+            (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                Some(b) => Some(with_signal_path(&b, protocol, "logs")),
+                None => return Err(Error::LogsEndpoint),
             },
         };
 
@@ -249,14 +270,15 @@ impl OtlpSettings {
                 .unwrap_or(DEFAULT_MAX_SITES),
             histogram: flags.otlp_histogram.or(file.histogram).unwrap_or_default(),
             stack_attribute: flags.otlp_stack_attribute || file.stack_attribute.unwrap_or(false),
+            logs_endpoint,
         }))
     }
 }
 
-fn with_signal_path(base: &str, protocol: Protocol) -> String {
+fn with_signal_path(base: &str, protocol: Protocol, signal: &str) -> String {
     match protocol {
         Protocol::Grpc => base.to_owned(),
-        _ => format!("{}/v1/metrics", base.trim_end_matches('/')),
+        _ => format!("{}/v1/{signal}", base.trim_end_matches('/')),
     }
 }
 
@@ -430,6 +452,39 @@ mod tests {
         .unwrap();
         assert_eq!(s.interval, Duration::from_secs(5));
         assert_eq!(s.headers, [("k".into(), "a,b".into())]);
+    }
+
+    #[test]
+    fn logs_go_to_the_logs_path() {
+        let flags = OtlpFlags {
+            otlp_endpoint: Some("http://c:4318".into()),
+            otlp_logs: true,
+            ..Default::default()
+        };
+        let s = resolve(&flags, &OtlpFile::default(), &[]).unwrap();
+        assert_eq!(s.logs_endpoint.as_deref(), Some("http://c:4318/v1/logs"));
+        let off = OtlpFlags {
+            otlp_logs: false,
+            ..flags.clone()
+        };
+        assert_eq!(
+            resolve(&off, &OtlpFile::default(), &[])
+                .unwrap()
+                .logs_endpoint,
+            None
+        );
+        // Only a metrics URL: logs have nowhere to go.
+        let only_metrics = OtlpFlags {
+            otlp_logs: true,
+            ..Default::default()
+        };
+        let env: HashMap<String, String> = [(
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT".to_string(),
+            "http://m".to_string(),
+        )]
+        .into();
+        let e = OtlpSettings::resolve(&only_metrics, &OtlpFile::default(), |k| env.get(k).cloned());
+        assert!(e.unwrap_err().to_string().contains("--otlp-logs"));
     }
 
     #[test]
