@@ -313,9 +313,11 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
         "no k8s labels on /metrics"
     );
 
-    // Faults: the API server restarts; meanwhile the worker's container
-    // restarts with a new id, which only the resumed watch can tell.
+    // Faults: the API server restarts, with every resourceVersion the
+    // agent held expired meanwhile (etcd compacted); the worker's container
+    // restarts with a new id, which only the recovered watch can tell.
     let errors = agent.metric("gmon_agent_k8s_watch_errors_total");
+    let relists = agent.metric("gmon_agent_k8s_relists_total");
     cluster.stop_api();
     drop(keep);
     let _ = work.proc.child.wait();
@@ -326,7 +328,9 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
         &["-rounds=5"],
     );
     agent.wait_metric("gmon_agent_k8s_watch_errors_total", |n| n > errors);
+    cluster.expire_resource_versions();
     cluster.start_api();
+    agent.wait_metric("gmon_agent_k8s_relists_total", |n| n > relists);
     cluster.set_running("batch", "worker", &[("work", &work2.id, 1)]);
     agent.wait_labelled(&work2.id, "work");
     let (_stdin, n) = run(&mut work2, 5);

@@ -18,6 +18,7 @@ pub struct Cluster {
     etcd: Proc,
     api: Option<Proc>,
     pub port: u16,
+    etcd_port: u16,
     etcd_url: String,
     /// A kubeconfig for clients (gmon-agent reads it through KUBECONFIG).
     pub kubeconfig: PathBuf,
@@ -68,6 +69,7 @@ impl Cluster {
             etcd,
             api: None,
             port,
+            etcd_port: client,
             etcd_url,
             kubeconfig,
             log,
@@ -98,6 +100,32 @@ impl Cluster {
             api.terminate(Duration::from_secs(10))
                 .expect("API server stops");
         }
+    }
+
+    /// Writes a key and compacts etcd's history up to it (through etcd's
+    /// JSON gateway), so every resourceVersion a client held before is
+    /// expired: a watch resumed from one gets 410 Gone.
+    pub fn expire_resource_versions(&self) {
+        let put = r#"{"key": "Z21vbi10ZXN0L2J1bXA=", "value": "MQ=="}"#;
+        let (status, resp) = http_request(
+            self.etcd_port,
+            "POST",
+            "/v3/kv/put",
+            Some(("application/json", put)),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{resp}");
+        let v: Value = serde_json::from_str(&resp).unwrap();
+        let rev = v["header"]["revision"].as_str().unwrap().to_owned();
+        let compact = format!(r#"{{"revision": "{rev}", "physical": true}}"#);
+        let (status, resp) = http_request(
+            self.etcd_port,
+            "POST",
+            "/v3/kv/compaction",
+            Some(("application/json", &compact)),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{resp}");
     }
 
     pub fn log_text(&self) -> String {
