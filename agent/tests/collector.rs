@@ -72,7 +72,7 @@ fn check_totals(vm_port: u16, service: &str, want: &HashMap<String, f64>, what: 
 }
 
 #[test]
-fn through_the_collector_over_grpc_then_http() {
+fn through_the_collector_over_grpc_then_http_protobuf_then_json() {
     if !require_root("collector test") {
         return;
     }
@@ -84,6 +84,7 @@ fn through_the_collector_over_grpc_then_http() {
     for (protocol, port, path) in [
         ("grpc", collector.grpc_port, ""),
         ("http/protobuf", collector.http_port, ""),
+        ("http/json", collector.http_port, ""),
     ] {
         let service = format!("gmon-agent-{}", protocol.replace('/', "-"));
         let endpoint = format!("http://127.0.0.1:{port}{path}");
@@ -105,7 +106,7 @@ fn through_the_collector_over_grpc_then_http() {
     let log = collector.log_text();
     let attached = log.matches("Body: Str(attached)").count();
     assert_eq!(
-        attached, 2,
+        attached, 3,
         "the agent's \"attached\" log, once per protocol"
     );
     for s in [
@@ -191,17 +192,22 @@ fn totals_stay_exact_across_a_30s_collector_outage() {
 }
 
 #[test]
-fn tls_exponential_histograms_and_stack_attributes() {
+fn mutual_tls_exponential_histograms_and_stack_attributes() {
     if !require_root("collector test") {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let (ca, server) = test_certificates(dir.path());
+    let certs = test_certificates(dir.path());
     let vm_port = free_port();
     let _vm = victoria(vm_port, &dir.path().join("vm"));
-    let collector = Collector::start(dir.path(), vm_port, Some(&server));
-    let ca = ca.display().to_string();
+    // Mutual TLS: the collector wants a client certificate from our CA.
+    let collector = Collector::start(dir.path(), vm_port, Some(&certs.server));
+    let (ca, cert, key) = (
+        certs.ca.display().to_string(),
+        certs.client_cert.display().to_string(),
+        certs.client_key.display().to_string(),
+    );
     for (protocol, port) in [
         ("grpc", collector.grpc_port),
         ("http/protobuf", collector.http_port),
@@ -218,6 +224,10 @@ fn tls_exponential_histograms_and_stack_attributes() {
             &[
                 "--otlp-certificate",
                 &ca,
+                "--otlp-client-certificate",
+                &cert,
+                "--otlp-client-key",
+                &key,
                 "--otlp-histogram",
                 "exponential",
                 "--otlp-stack-attribute",

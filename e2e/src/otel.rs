@@ -75,8 +75,9 @@ pub struct Collector {
     config: PathBuf,
 }
 
-/// TLS files for the collector's receivers: (certificate, key).
-pub type ServerTls = (PathBuf, PathBuf);
+/// TLS files for the collector's receivers: (certificate, key, CA that
+/// client certificates must chain to).
+pub type ServerTls = (PathBuf, PathBuf, PathBuf);
 
 impl Collector {
     /// Writes the configuration into `dir` and starts the collector.
@@ -87,11 +88,12 @@ impl Collector {
         );
         let (grpc_port, http_port) = (free_port(), free_port());
         let tls = tls
-            .map(|(c, k)| {
+            .map(|(c, k, ca)| {
                 format!(
-                    "\n        tls:\n          cert_file: {}\n          key_file: {}",
+                    "\n        tls:\n          cert_file: {}\n          key_file: {}\n          client_ca_file: {}",
                     c.display(),
-                    k.display()
+                    k.display(),
+                    ca.display()
                 )
             })
             .unwrap_or_default();
@@ -205,9 +207,19 @@ pub fn run_spawner_after(rounds: u32, ready: impl FnOnce()) -> HashMap<String, f
     per_site
 }
 
-/// A test CA and a server certificate for 127.0.0.1 it signed, made with
-/// openssl in `dir`: (CA certificate, (server certificate, server key)).
-pub fn test_certificates(dir: &Path) -> (PathBuf, ServerTls) {
+/// Certificates made with openssl for the TLS tests.
+pub struct TestCerts {
+    pub ca: PathBuf,
+    /// For the collector: a server certificate for 127.0.0.1 and its key,
+    /// and the CA its clients must present certificates from.
+    pub server: ServerTls,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate
+/// it signed, made with openssl in `dir`.
+pub fn test_certificates(dir: &Path) -> TestCerts {
     let run = |args: &[&str]| {
         let st = Command::new("openssl")
             .args(args)
@@ -263,10 +275,22 @@ pub fn test_certificates(dir: &Path) -> (PathBuf, ServerTls) {
         "-extfile",
         "san.ext",
     ]);
-    (
-        dir.join("ca.pem"),
-        (dir.join("server.pem"), dir.join("server.key")),
-    )
+    let sh = |cmd: &str| run(&cmd.split(' ').collect::<Vec<_>>());
+    sh("req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=gmon-agent");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    sh(
+        "x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext",
+    );
+    TestCerts {
+        ca: dir.join("ca.pem"),
+        server: (
+            dir.join("server.pem"),
+            dir.join("server.key"),
+            dir.join("ca.pem"),
+        ),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    }
 }
 
 /// Reads an agent's /metrics counter (first sample whose line starts with
