@@ -147,6 +147,11 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
 
     // The API server is not up yet: the agent runs anyway.
     let agent = Agent::start(&cluster, &collector);
+    // Through the kubeconfig, over HTTPS with the cluster's CA.
+    agent.wait_log(
+        |l| l.contains("watching this node's pods") && l.contains("cluster=https://127.0.0.1"),
+        "the watch over HTTPS",
+    );
     agent.wait_metric("gmon_agent_k8s_watch_errors_total", |n| n >= 1.0);
     assert_eq!(agent.metric("gmon_agent_k8s_synced"), 0.0);
 

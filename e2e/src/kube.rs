@@ -1,6 +1,7 @@
 //! A Kubernetes control plane for the tests: etcd and kube-testapi (the
 //! real k8s.io/apiserver library, built by scripts/build-test-servers.sh)
-//! serving core/v1 pods, nodes and namespaces over plain HTTP. The tests
+//! serving core/v1 pods, nodes and namespaces: over HTTPS to clients (the
+//! kubeconfig names a test CA), and over plain HTTP to the tests, which
 //! play kubelet: they create pods and write pods/status themselves.
 
 use crate::{Proc, free_port, http_get, http_request, wait_for};
@@ -17,7 +18,11 @@ pub const APISERVER: &str = "/var/cache/gmon-agent/servers/kube-testapi";
 pub struct Cluster {
     etcd: Proc,
     api: Option<Proc>,
+    /// Plain HTTP, for the tests themselves.
     pub port: u16,
+    /// HTTPS, for clients through the kubeconfig.
+    pub tls_port: u16,
+    tls: crate::otel::TestCerts,
     etcd_port: u16,
     etcd_url: String,
     /// A kubeconfig for clients (gmon-agent reads it through KUBECONFIG).
@@ -35,7 +40,10 @@ impl Cluster {
                 "{bin} is missing: scripts/build-test-servers.sh (run by the bootstrap) builds it"
             );
         }
-        let (client, peer, port) = (free_port(), free_port(), free_port());
+        let (client, peer, port, tls_port) = (free_port(), free_port(), free_port(), free_port());
+        let certs_dir = dir.join("tls");
+        std::fs::create_dir_all(&certs_dir).unwrap();
+        let tls = crate::otel::test_certificates(&certs_dir);
         let etcd_url = format!("http://127.0.0.1:{client}");
         let log = dir.join("control-plane.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -58,10 +66,12 @@ impl Cluster {
             &kubeconfig,
             format!(
                 "apiVersion: v1\nkind: Config\n\
-                 clusters: [{{name: test, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+                 clusters: [{{name: test, cluster: {{server: \"https://127.0.0.1:{tls_port}\", \
+                 certificate-authority: \"{}\"}}}}]\n\
                  users: [{{name: test, user: {{}}}}]\n\
                  contexts: [{{name: test, context: {{cluster: test, user: test}}}}]\n\
-                 current-context: test\n"
+                 current-context: test\n",
+                tls.ca.display()
             ),
         )
         .unwrap();
@@ -69,6 +79,8 @@ impl Cluster {
             etcd,
             api: None,
             port,
+            tls_port,
+            tls,
             etcd_port: client,
             etcd_url,
             kubeconfig,
@@ -83,7 +95,10 @@ impl Cluster {
             .unwrap();
         self.api = Some(Proc::spawn(
             Command::new(APISERVER)
-                .arg(format!("-listen=127.0.0.1:{}", self.port))
+                .arg(format!("-listen=127.0.0.1:{}", self.tls_port))
+                .arg(format!("-listen-http=127.0.0.1:{}", self.port))
+                .arg(format!("-tls-cert-file={}", self.tls.server.0.display()))
+                .arg(format!("-tls-key-file={}", self.tls.server.1.display()))
                 .arg(format!("-etcd={}", self.etcd_url))
                 .stdout(Stdio::null())
                 .stderr(out),

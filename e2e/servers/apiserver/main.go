@@ -3,11 +3,13 @@
 // (golang-k8s-apiserver-dev): generic registry stores on etcd, with the
 // library's own handlers, watch cache, field selectors and resourceVersions.
 // It serves core/v1 pods (with the status subresource), nodes and
-// namespaces over plain HTTP on 127.0.0.1. No admission, defaulting,
+// namespaces on 127.0.0.1, over HTTPS with -tls-cert-file/-tls-key-file
+// or plain HTTP. No admission, defaulting,
 // authentication or authorization: the tests play kubelet by creating pods
 // and writing pods/status themselves. Built by scripts/build-test-servers.sh.
 //
 // Usage: kube-testapi -listen 127.0.0.1:PORT -etcd http://127.0.0.1:2379
+// [-tls-cert-file CERT -tls-key-file KEY]
 package main
 
 import (
@@ -223,17 +225,20 @@ func (r *statusREST) Update(ctx context.Context, name string, objInfo rest.Updat
 }
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:6443", "address to serve the API on (plain HTTP)")
+	listen := flag.String("listen", "127.0.0.1:6443", "address to serve the API on (HTTP, or HTTPS with -tls-cert-file)")
+	plain := flag.String("listen-http", "", "also serve plain HTTP here (for test harnesses without TLS)")
 	etcd := flag.String("etcd", "http://127.0.0.1:2379", "etcd client URL")
 	prefix := flag.String("prefix", "/registry", "etcd key prefix")
+	cert := flag.String("tls-cert-file", "", "serve HTTPS with this certificate (PEM) instead of HTTP")
+	key := flag.String("tls-key-file", "", "the certificate's private key (PEM)")
 	flag.Parse()
-	if err := run(*listen, *etcd, *prefix); err != nil {
+	if err := run(*listen, *plain, *etcd, *prefix, *cert, *key); err != nil {
 		fmt.Fprintf(os.Stderr, "kube-testapi: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, etcd, prefix string) error {
+func run(listen, plain, etcd, prefix, cert, key string) error {
 	storageConfig := storagebackend.NewDefaultConfig(prefix, codecs.LegacyCodec(corev1.SchemeGroupVersion))
 	storageConfig.Transport.ServerList = []string{etcd}
 	opts := restOptions{config: storageConfig}
@@ -302,12 +307,30 @@ func run(listen, etcd, prefix string) error {
 	}
 	httpServer := &http.Server{Handler: prepared.Handler}
 	go func() {
-		if err := httpServer.Serve(ln); err != nil && err != http.ErrServerClosed {
+		serve := func() error { return httpServer.Serve(ln) }
+		if cert != "" {
+			serve = func() error { return httpServer.ServeTLS(ln, cert, key) }
+		}
+		if err := serve(); err != nil && err != http.ErrServerClosed {
 			fmt.Fprintf(os.Stderr, "kube-testapi: serve: %v\n", err)
 			os.Exit(1)
 		}
 	}()
-	fmt.Fprintf(os.Stderr, "kube-testapi: serving core/v1 on http://%s (etcd %s)\n", listen, etcd)
+	scheme := "http"
+	if cert != "" {
+		scheme = "https"
+	}
+	fmt.Fprintf(os.Stderr, "kube-testapi: serving core/v1 on %s://%s (etcd %s)\n", scheme, listen, etcd)
+	var plainServer *http.Server
+	if plain != "" {
+		pln, err := net.Listen("tcp", plain)
+		if err != nil {
+			return err
+		}
+		plainServer = &http.Server{Handler: prepared.Handler}
+		go func() { _ = plainServer.Serve(pln) }()
+		fmt.Fprintf(os.Stderr, "kube-testapi: and on http://%s\n", plain)
+	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- prepared.RunWithContext(ctx) }()
 	select {
@@ -317,5 +340,8 @@ func run(listen, etcd, prefix string) error {
 		// (clients see them end, as when a real API server goes away).
 	}
 	_ = httpServer.Close()
+	if plainServer != nil {
+		_ = plainServer.Close()
+	}
 	return err
 }
