@@ -353,3 +353,50 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
         agent.metric("gmon_agent_k8s_relists_total"),
     );
 }
+
+#[test]
+fn in_cluster_service_account_configuration_is_used() {
+    if !require_root("Kubernetes test") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path());
+    cluster.start_api();
+    cluster.namespace("shop");
+    cluster.pod("shop", json!({"name": "web"}), NODE, &["app"]);
+    cluster.pod("shop", json!({"name": "far"}), "node-b", &["app"]);
+    // What the kubelet gives a pod: the service account's files under
+    // /var/run/secrets and KUBERNETES_SERVICE_HOST/PORT. A private mount
+    // namespace with a tmpfs on /run stands in for the pod's filesystem.
+    let ca = cluster.ca().display().to_string();
+    let port = free_port();
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && d=/run/secrets/kubernetes.io/serviceaccount && mkdir -p $d && \
+         cp {ca} $d/ca.crt && printf test-token > $d/token && printf shop > $d/namespace && \
+         exec {} --metrics {port} --include /nonexistent",
+        env!("CARGO_BIN_EXE_gmon-agent")
+    );
+    let log = dir.path().join("agent.log");
+    let _agent = Proc::spawn(
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .env_remove("KUBECONFIG")
+            .env("HOME", dir.path())
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", cluster.tls_port.to_string())
+            .env("NODE_NAME", NODE)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let synced = wait_for(Duration::from_secs(20), || {
+        (scrape_value(port, "gmon_agent_k8s_pods")? == 1.0
+            && scrape_value(port, "gmon_agent_k8s_synced")? == 1.0)
+            .then_some(())
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(synced.is_some(), "no in-cluster sync:\n{text}");
+    assert!(
+        text.contains(&format!("cluster=https://127.0.0.1:{}/", cluster.tls_port)),
+        "{text}"
+    );
+}

@@ -143,6 +143,11 @@ impl Cluster {
         assert_eq!(status, 200, "{resp}");
     }
 
+    /// The CA that signed the API server's certificate.
+    pub fn ca(&self) -> &Path {
+        &self.tls.ca
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
