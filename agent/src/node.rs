@@ -8,7 +8,7 @@ use crate::{
     cli::Cli,
     export::{
         logfmt::{Clock, GmonLog},
-        otlp::{Otlp, OtlpSink},
+        otlp::{Otlp, OtlpCounts, OtlpSink},
         prometheus::{Metrics, PromSink},
     },
     gobin::{self, BinaryId, Cache, GoBinary},
@@ -174,6 +174,8 @@ struct Node {
     log: GmonLog<BufWriter<std::io::Stdout>>,
     prom: PromSink,
     otlp_sink: Option<OtlpSink>,
+    /// The exporter's outcome counters, and what was last reported.
+    otlp_stats: Option<(Arc<crate::export::otlp::ExportStats>, OtlpCounts)>,
     own_pid: u32,
     own_exe: Option<BinaryId>,
     bins: HashMap<BinaryId, Bin>,
@@ -208,6 +210,7 @@ impl Node {
             depth,
             prom: PromSink::new(metrics.clone()),
             otlp_sink: otlp.map(|o| o.sink("unknown", None)),
+            otlp_stats: otlp.map(|o| (o.stats.clone(), OtlpCounts::default())),
             metrics,
             log,
             own_pid: std::process::id(),
@@ -635,6 +638,9 @@ impl Node {
             b.reported = b.tracker.stats;
             live += b.tracker.live();
             procs += b.pids.len();
+        }
+        if let (Some((stats, last)), Some(sink)) = (&mut self.otlp_stats, &self.otlp_sink) {
+            self.metrics.add_otlp(last, OtlpCounts::now(stats, sink));
         }
         self.metrics.goroutines_tracked.set(live as i64);
         self.metrics.processes_tracked.set(procs as i64);

@@ -9,7 +9,7 @@ use crate::{
     export::{
         Fanout,
         logfmt::{Clock, GmonLog},
-        otlp::{Otlp, OtlpSettings, OtlpSink},
+        otlp::{Otlp, OtlpCounts, OtlpSettings, OtlpSink},
         prometheus::{self as prom, Metrics, PromSink},
     },
     gobin::{self, GoBinary},
@@ -268,7 +268,7 @@ fn read_events(
     let mut otlp_sink = otlp
         .as_ref()
         .map(|o| o.sink(&binary_version, Some(binary_path.clone())));
-    let mut last_export = (0, 0, 0);
+    let mut last_export = OtlpCounts::default();
     metrics.add_kernel(&counters.deltas());
     metrics.add_stats(&tracker.stats, &tracker.stats);
     let mut last_stats = tracker.stats;
@@ -299,20 +299,7 @@ fn read_events(
             let _span = tracing::trace_span!("housekeeping").entered();
             tracker.sweep(&mut stacks, &mut sinks(&mut log, &mut prom, &mut otlp_sink));
             if let (Some(o), Some(s)) = (&otlp, &otlp_sink) {
-                let now = (
-                    o.stats.exports.load(Ordering::Relaxed),
-                    o.stats.failures.load(Ordering::Relaxed),
-                    s.overflowed,
-                );
-                let failed = now.1 - last_export.1;
-                let ok = (now.0 - last_export.0).saturating_sub(failed);
-                metrics.otlp_exports.with_label_values(&["ok"]).inc_by(ok);
-                metrics
-                    .otlp_exports
-                    .with_label_values(&["failed"])
-                    .inc_by(failed);
-                metrics.otlp_sites_overflowed.inc_by(now.2 - last_export.2);
-                last_export = now;
+                metrics.add_otlp(&mut last_export, OtlpCounts::now(&o.stats, s));
             }
             metrics.add_kernel(&counters.deltas());
             metrics.add_stats(&last_stats, &tracker.stats);

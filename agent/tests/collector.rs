@@ -110,6 +110,9 @@ fn through_the_collector_over_grpc_then_http_protobuf_then_json() {
         "the agent's \"attached\" log, once per protocol"
     );
     for s in [
+        // The lifetime buckets: 1 ms to 24 h.
+        "ExplicitBounds #0: 0.001000",
+        "ExplicitBounds #15: 86400.000000",
         "go.goroutine.lifetime",
         "-> Unit: s",
         "-> Unit: {goroutine}",
@@ -118,6 +121,59 @@ fn through_the_collector_over_grpc_then_http_protobuf_then_json() {
     ] {
         assert!(log.contains(s), "collector debug output lacks {s:?}");
     }
+}
+
+#[test]
+fn series_past_the_limit_are_counted() {
+    if !require_root("collector test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let vm_port = free_port();
+    let _vm = victoria(vm_port, &dir.path().join("vm"));
+    let collector = Collector::start(dir.path(), vm_port, None);
+    let log = dir.path().join("agent.log");
+    let (mut agent, metrics_port) = agent(
+        &format!("http://127.0.0.1:{}", collector.grpc_port),
+        "grpc",
+        "gmon-agent-limit",
+        &["--otlp-max-series", "2"],
+        &log,
+    );
+    // 4 spawner sites (and the Go runtime's own), 2 series allowed.
+    run_spawner(1);
+    let n = wait_for(Duration::from_secs(10), || {
+        scrape_value(metrics_port, "gmon_agent_otlp_series_overflowed_total").filter(|&n| n >= 2.0)
+    });
+    assert!(n.is_some(), "{n:?}");
+    let ok = scrape_value(metrics_port, "gmon_agent_otlp_exports_total{result=\"ok\"}");
+    assert!(ok.is_some_and(|n| n >= 1.0), "exports counted: {ok:?}");
+    let st = agent
+        .terminate(Duration::from_secs(15))
+        .expect("agent exits");
+    assert!(st.success(), "{st:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("series limit reached").count(), 1, "{text}");
+    // The SDK's overflow series carries the other sites' goroutines, and
+    // nothing is lost: all series together hold every goroutine.
+    let all = "{__name__=\"go.goroutine.created\",service.name=\"gmon-agent-limit\"}";
+    let series = wait_for(Duration::from_secs(15), || {
+        let _ = e2e::http_get(vm_port, "/internal/force_flush");
+        let s = e2e::otel::vm_series(vm_port, all);
+        s.iter()
+            .any(|s| s.contains_key("otel.metric.overflow"))
+            .then_some(s)
+    })
+    .unwrap_or_default();
+    eprintln!("series: {}, overflowed: {n:?}", series.len());
+    assert!(
+        series
+            .iter()
+            .any(|s| s.get("otel.metric.overflow").is_some()),
+        "no overflow series: {series:#?}"
+    );
+    assert!(series.len() <= 3, "{series:#?}");
 }
 
 #[test]

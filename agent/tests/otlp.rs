@@ -187,6 +187,12 @@ fn node_mode_exports_per_process_with_its_release() {
         })
         .expect("spawner probed");
     });
+    // Node mode counts its exports too.
+    let ok = wait_for(Duration::from_secs(10), || {
+        e2e::otel::scrape_value(metrics_port, "gmon_agent_otlp_exports_total{result=\"ok\"}")
+            .filter(|&n| n >= 1.0)
+    });
+    assert!(ok.is_some(), "node mode's OTLP exports not counted");
     let st = agent
         .terminate(Duration::from_secs(15))
         .expect("agent exits");

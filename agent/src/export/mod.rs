@@ -25,4 +25,9 @@ impl Sink for Fanout<'_> {
             s.site_gone(site_id);
         }
     }
+    fn process_gone(&mut self, pid: u32) {
+        for s in self.0.iter_mut() {
+            s.process_gone(pid);
+        }
+    }
 }

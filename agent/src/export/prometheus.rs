@@ -57,6 +57,8 @@ pub struct Metrics {
     pub otlp_exports: IntCounterVec,
     /// Creation sites folded into `other` by the OTLP cardinality guard.
     pub otlp_sites_overflowed: IntCounter,
+    /// New OTLP series past the per-instrument limit (the SDK's overflow).
+    pub otlp_series_overflowed: IntCounter,
     pub discovery: Discovery,
     pub k8s: KubeMetrics,
 }
@@ -110,6 +112,25 @@ fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<IntGauge> {
 }
 
 impl Metrics {
+    /// Adds what OTLP export counted since `last`, which becomes `now`.
+    pub fn add_otlp(
+        &self,
+        last: &mut crate::export::otlp::OtlpCounts,
+        now: crate::export::otlp::OtlpCounts,
+    ) {
+        let failed = now.failures - last.failures;
+        let ok = (now.exports - last.exports).saturating_sub(failed);
+        self.otlp_exports.with_label_values(&["ok"]).inc_by(ok);
+        self.otlp_exports
+            .with_label_values(&["failed"])
+            .inc_by(failed);
+        self.otlp_sites_overflowed
+            .inc_by(now.sites_overflowed - last.sites_overflowed);
+        self.otlp_series_overflowed
+            .inc_by(now.series_overflowed - last.series_overflowed);
+        *last = now;
+    }
+
     /// Standalone mode: gmon's families exactly.
     pub fn new() -> Result<Arc<Self>, Error> {
         Self::build(false, Vec::new())
@@ -242,6 +263,11 @@ impl Metrics {
                 &r,
                 "gmon_agent_otlp_sites_overflowed_total",
                 "Creation sites exported as `other` because a process had too many",
+            )?,
+            otlp_series_overflowed: counter(
+                &r,
+                "gmon_agent_otlp_series_overflowed_total",
+                "OTLP series past --otlp-max-series, folded into the SDK's overflow series",
             )?,
             k8s: KubeMetrics {
                 pods: gauge(

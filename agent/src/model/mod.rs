@@ -62,6 +62,8 @@ pub trait Sink {
     fn exited(&mut self, g: &Goroutine, exited_ns: u64);
     /// The site's process has exited: drop anything cached for it.
     fn site_gone(&mut self, _site_id: u64) {}
+    /// Process `pid` is gone (after its sites): drop per-process state.
+    fn process_gone(&mut self, _pid: u32) {}
 }
 
 /// Where user stacks collected by the kernel are read from.
@@ -152,6 +154,7 @@ impl Tracker {
         if let Some(p) = self.procs.remove(&pid) {
             self.stats.dropped_with_process += p.live.len() as u64;
             release_sites(&p, stacks, sink);
+            sink.process_gone(pid);
         }
     }
 
@@ -291,7 +294,7 @@ impl Tracker {
     /// sites; returns the goroutines dropped.
     pub fn sweep(&mut self, stacks: &mut dyn StackSource, sink: &mut dyn Sink) -> u64 {
         let mut dropped = 0;
-        self.procs.retain(|_, p| {
+        self.procs.retain(|&pid, p| {
             if p.key.is_some_and(|k| k.alive()) {
                 return true;
             }
@@ -303,6 +306,7 @@ impl Tracker {
             }
             dropped += p.live.len() as u64;
             release_sites(p, stacks, sink);
+            sink.process_gone(pid);
             false
         });
         self.stats.dropped_with_process += dropped;

@@ -63,6 +63,27 @@ pub struct ExportStats {
     last_logged: AtomicU64,
 }
 
+/// Running totals for the self-metrics, taken from the exporter and the
+/// sink.
+#[derive(Default, Clone, Copy)]
+pub struct OtlpCounts {
+    pub exports: u64,
+    pub failures: u64,
+    pub sites_overflowed: u64,
+    pub series_overflowed: u64,
+}
+
+impl OtlpCounts {
+    pub fn now(stats: &ExportStats, sink: &OtlpSink) -> Self {
+        OtlpCounts {
+            exports: stats.exports.load(Ordering::Relaxed),
+            failures: stats.failures.load(Ordering::Relaxed),
+            sites_overflowed: sink.overflowed,
+            series_overflowed: sink.series_overflowed,
+        }
+    }
+}
+
 /// At most one export failure is logged per this many seconds; all are
 /// counted.
 const LOG_EVERY_SECS: u64 = 60;
@@ -206,20 +227,35 @@ impl Otlp {
         let mut provider = SdkMeterProvider::builder()
             .with_reader(reader)
             .with_resource(resource(&settings));
-        if settings.histogram == HistogramKind::Exponential {
-            provider = provider.with_view(|i: &Instrument| {
-                (i.name() == "go.goroutine.lifetime").then(|| {
-                    Stream::builder()
-                        .with_aggregation(Aggregation::Base2ExponentialHistogram {
-                            max_size: 160,
-                            max_scale: 20,
-                            record_min_max: true,
-                        })
-                        .build()
-                        .ok()
-                })?
-            });
-        }
+        // Every instrument keeps up to max_series series; the lifetime
+        // histogram may be exponential.
+        let (limit, exponential) = (
+            settings.max_series,
+            settings.histogram == HistogramKind::Exponential,
+        );
+        provider = provider.with_view(move |i: &Instrument| {
+            if !i.name().starts_with("go.goroutine.") {
+                return None;
+            }
+            let mut b = Stream::builder().with_cardinality_limit(limit);
+            // A matching view replaces the instrument's own bucket advice,
+            // so the aggregation is spelled out here either way.
+            if i.name() == "go.goroutine.lifetime" {
+                b = b.with_aggregation(if exponential {
+                    Aggregation::Base2ExponentialHistogram {
+                        max_size: 160,
+                        max_scale: 20,
+                        record_min_max: true,
+                    }
+                } else {
+                    Aggregation::ExplicitBucketHistogram {
+                        boundaries: LIFETIME_BUCKETS.to_vec(),
+                        record_min_max: true,
+                    }
+                });
+            }
+            b.build().ok()
+        });
         Ok(Otlp {
             provider: provider.build(),
             stats,

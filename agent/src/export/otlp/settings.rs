@@ -70,6 +70,7 @@ pub struct OtlpFile {
     #[serde(default)]
     pub resource_attributes: BTreeMap<String, String>,
     pub max_sites: Option<usize>,
+    pub max_series: Option<usize>,
     pub histogram: Option<HistogramKind>,
     pub stack_attribute: Option<bool>,
     pub logs: Option<bool>,
@@ -118,6 +119,10 @@ pub struct OtlpFlags {
     #[arg(long, value_name = "N")]
     pub otlp_max_sites: Option<usize>,
 
+    /// Series kept per instrument (the SDK keeps each until exit; more go into one overflow series, counted)
+    #[arg(long, value_name = "N")]
+    pub otlp_max_series: Option<usize>,
+
     /// Aggregation of go.goroutine.lifetime: explicit (buckets 1ms..24h) or exponential
     #[arg(long, value_enum, value_name = "KIND")]
     pub otlp_histogram: Option<HistogramKind>,
@@ -145,6 +150,7 @@ pub struct OtlpSettings {
     pub client_key: Option<PathBuf>,
     pub resource_attributes: Vec<(String, String)>,
     pub max_sites: usize,
+    pub max_series: usize,
     pub histogram: HistogramKind,
     pub stack_attribute: bool,
     /// Where the agent's own logs go, if they are exported.
@@ -153,6 +159,8 @@ pub struct OtlpSettings {
 
 /// Default distinct creation sites per process.
 pub const DEFAULT_MAX_SITES: usize = 500;
+/// Default series per instrument: the SDK's own default.
+pub const DEFAULT_MAX_SERIES: usize = 2000;
 
 impl OtlpSettings {
     /// `None` when no endpoint is configured anywhere (export off).
@@ -268,6 +276,10 @@ impl OtlpSettings {
                 .otlp_max_sites
                 .or(file.max_sites)
                 .unwrap_or(DEFAULT_MAX_SITES),
+            max_series: flags
+                .otlp_max_series
+                .or(file.max_series)
+                .unwrap_or(DEFAULT_MAX_SERIES),
             histogram: flags.otlp_histogram.or(file.histogram).unwrap_or_default(),
             stack_attribute: flags.otlp_stack_attribute || file.stack_attribute.unwrap_or(false),
             logs_endpoint,

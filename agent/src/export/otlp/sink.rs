@@ -1,7 +1,6 @@
 //! The OTLP instruments, fed per goroutine; attributes are built once per
 //! creation site.
 
-use super::{HistogramKind, LIFETIME_BUCKETS};
 use crate::model::{Goroutine, Sink};
 use opentelemetry::{
     KeyValue,
@@ -24,6 +23,13 @@ pub struct OtlpSink {
     stack_attribute: bool,
     /// Sites folded into `other` by the guard.
     pub overflowed: u64,
+    /// Hashes of the attribute sets exported so far, up to `max_series`:
+    /// the SDK keeps every series of a cumulative instrument until exit
+    /// and folds those past its limit into one overflow series.
+    series: rustc_hash::FxHashSet<u64>,
+    max_series: usize,
+    /// New attribute sets past `max_series` (the SDK's overflow series).
+    pub series_overflowed: u64,
     version: String,
     /// Standalone mode's executable (node mode has it per process).
     exe: Option<String>,
@@ -42,12 +48,8 @@ impl OtlpSink {
             .f64_histogram("go.goroutine.lifetime")
             .with_unit("s")
             .with_description("Lifetime of goroutines, recorded once each at exit");
-        // Exponential aggregation comes from a view; explicit boundaries
-        // here would override it.
-        let lifetime = match settings.histogram {
-            HistogramKind::Explicit => lifetime.with_boundaries(LIFETIME_BUCKETS.to_vec()),
-            HistogramKind::Exponential => lifetime,
-        };
+        // The aggregation (buckets or exponential) comes from the view in
+        // `Otlp::new`.
         OtlpSink {
             created: meter
                 .u64_counter("go.goroutine.created")
@@ -70,6 +72,9 @@ impl OtlpSink {
             max_sites: settings.max_sites,
             stack_attribute: settings.stack_attribute,
             overflowed: 0,
+            series: Default::default(),
+            max_series: settings.max_series,
+            series_overflowed: 0,
             version: go_version.to_owned(),
             exe,
         }
@@ -135,9 +140,36 @@ impl OtlpSink {
                 a.extend(k.attributes().into_iter().map(|(k, v)| KeyValue::new(k, v)));
             }
         }
+        self.count_series(&a);
         let a: Arc<[KeyValue]> = a.into();
         self.sites.insert(g.site.id, a.clone());
         a
+    }
+
+    /// Notes a new attribute set; past the limit, counts (and logs once)
+    /// what the SDK folds into its overflow series.
+    fn count_series(&mut self, attrs: &[KeyValue]) {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        for kv in attrs {
+            kv.key.as_str().hash(&mut h);
+            kv.value.as_str().hash(&mut h);
+        }
+        let h = h.finish();
+        if self.series.contains(&h) {
+            return;
+        }
+        if self.series.len() < self.max_series {
+            self.series.insert(h);
+            return;
+        }
+        if self.series_overflowed == 0 {
+            tracing::warn!(
+                limit = self.max_series,
+                "OTLP: series limit reached; new series go into the SDK's overflow series (raise --otlp-max-series)"
+            );
+        }
+        self.series_overflowed += 1;
     }
 }
 
@@ -174,5 +206,9 @@ impl Sink for OtlpSink {
 
     fn site_gone(&mut self, site_id: u64) {
         self.sites.remove(&site_id);
+    }
+
+    fn process_gone(&mut self, pid: u32) {
+        self.per_process.remove(&pid);
     }
 }
