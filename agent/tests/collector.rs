@@ -177,7 +177,7 @@ fn series_past_the_limit_are_counted() {
 }
 
 #[test]
-fn totals_stay_exact_across_a_30s_collector_outage() {
+fn totals_stay_exact_with_the_collector_late_and_then_down_30s() {
     if !require_root("collector test") {
         return;
     }
@@ -186,6 +186,8 @@ fn totals_stay_exact_across_a_30s_collector_outage() {
     let vm_port = free_port();
     let _vm = victoria(vm_port, &dir.path().join("vm"));
     let mut collector = Collector::start(dir.path(), vm_port, None);
+    // Unreachable at start: the agent runs anyway.
+    collector.stop();
     let service = "gmon-agent-collector-outage";
     let endpoint = format!("http://127.0.0.1:{}", collector.grpc_port);
     let (mut agent, metrics_port) = agent(
@@ -201,7 +203,19 @@ fn totals_stay_exact_across_a_30s_collector_outage() {
         l.split_whitespace().nth(1).unwrap().parse().unwrap()
     };
     let mut want = run_spawner(5);
-    check_totals(vm_port, service, &want, "before the outage");
+    let failed_at_start = wait_for(Duration::from_secs(10), || {
+        scrape_value(
+            metrics_port,
+            "gmon_agent_otlp_exports_total{result=\"failed\"}",
+        )
+        .filter(|&n| n >= 1.0)
+    });
+    assert!(
+        failed_at_start.is_some(),
+        "failures while unreachable at start"
+    );
+    collector.restart();
+    check_totals(vm_port, service, &want, "collector started after the agent");
 
     collector.stop();
     let down = Instant::now();

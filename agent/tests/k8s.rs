@@ -44,6 +44,7 @@ impl Agent {
                 ])
                 .args(["--otlp-interval", "300ms"])
                 .args(["--k8s-pod-label", "app", "--k8s-pod-annotation", "team"])
+                .args(["--k8s-exclude-namespace", "kube-*"])
                 .env("NODE_NAME", NODE)
                 .env("KUBECONFIG", &cluster.kubeconfig)
                 .env("OTEL_SERVICE_NAME", "gmon-agent-k8s")
@@ -156,7 +157,7 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
     assert_eq!(agent.metric("gmon_agent_k8s_synced"), 0.0);
 
     cluster.start_api();
-    for ns in ["shop", "batch"] {
+    for ns in ["shop", "batch", "kube-system"] {
         cluster.namespace(ns);
     }
     for n in [NODE, "node-b"] {
@@ -183,6 +184,8 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
         NODE,
         &["work"],
     );
+    // A pod in an excluded namespace.
+    let dns_uid = cluster.pod("kube-system", json!({"name": "dns"}), NODE, &["dns"]);
     // Another node's pod: never in this agent's index.
     cluster.pod(
         "shop",
@@ -191,7 +194,7 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
         &["app"],
     );
     agent.wait_metric("gmon_agent_k8s_synced", |n| n == 1.0);
-    agent.wait_metric("gmon_agent_k8s_pods", |n| n == 3.0);
+    agent.wait_metric("gmon_agent_k8s_pods", |n| n == 4.0);
 
     // Play kubelet: containers in the pods' cgroups, then their ids in
     // the pods' status. The helper's id is written after its process is
@@ -238,6 +241,16 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
     agent.wait_labelled(&work.id, "work");
     agent.wait_metric(
         "gmon_agent_processes_skipped_total{reason=\"pod_opted_out\"}",
+        |n| n >= 1.0,
+    );
+    let _dns = container(
+        &spawner,
+        &dns_uid,
+        &dir.path().join("dns.cid"),
+        &["-rounds=1"],
+    );
+    agent.wait_metric(
+        "gmon_agent_processes_skipped_total{reason=\"namespace_excluded\"}",
         |n| n >= 1.0,
     );
 
@@ -304,7 +317,7 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
             "{s:?}"
         );
     }
-    assert!(vm_series(vm_port, &sel("k8s.pod.name=~\"private|elsewhere\"")).is_empty());
+    assert!(vm_series(vm_port, &sel("k8s.pod.name=~\"private|elsewhere|dns\"")).is_empty());
     assert!(vm_series(vm_port, &sel(&format!("k8s.pod.uid=\"{private_uid}\""))).is_empty());
     // /metrics carries the same labels.
     let (_, body) = http_get(agent.port, "/metrics").unwrap();
