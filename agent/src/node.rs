@@ -182,7 +182,8 @@ struct Node {
     procs: HashMap<u32, ProcEntry>,
     /// Processes decided against (selection, pod): their binary's probes
     /// may still fire for them, and their events are dropped (counted).
-    ignored: HashMap<u32, Option<ProcessKey>>,
+    /// The flag marks decisions made on pod metadata, which can change.
+    ignored: HashMap<u32, (Option<ProcessKey>, bool)>,
     kube: Option<Kube>,
     /// Binaries not to look at again (not Go, too old, failed), by file.
     skipped: HashMap<BinaryId, Skip>,
@@ -381,7 +382,8 @@ impl Node {
                 // A decision about the process, not its binary: remember
                 // it, or each of its events would ask again.
                 if matches!(skip, Skip::Rejected(_) | Skip::Pod(_)) {
-                    self.ignored.insert(pid, ProcessKey::of(pid));
+                    let by_pod = matches!(skip, Skip::Pod(_));
+                    self.ignored.insert(pid, (ProcessKey::of(pid), by_pod));
                 }
             }
         }
@@ -606,11 +608,28 @@ impl Node {
                 b.tracker.set_labels(labels);
             }
         }
+        // Processes left alone for their pod get a new look: the pod may
+        // have dropped its opt-out, or be gone.
+        let reconsider: Vec<u32> = self
+            .ignored
+            .iter()
+            .filter(|(_, (_, by_pod))| *by_pod)
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in reconsider {
+            let Some(container) = cgroup::of_pid(pid) else {
+                continue;
+            };
+            if self.pod_rejection(&container).is_none() {
+                tracing::info!(pid, "process no longer excluded by its pod: probing it");
+                self.start(pid, None, stacks);
+            }
+        }
         for (pid, reason) in excluded {
             tracing::info!(pid, reason, "process left alone: its pod is excluded");
             let key = self.procs.get(&pid).and_then(|p| p.key);
             self.exited(pid, stacks);
-            self.ignored.insert(pid, key);
+            self.ignored.insert(pid, (key, true));
             self.metrics
                 .discovery
                 .processes_skipped
@@ -629,7 +648,8 @@ impl Node {
             .filter(|(_, p)| !p.key.is_some_and(|k| k.alive()))
             .map(|(&pid, _)| pid)
             .collect();
-        self.ignored.retain(|_, key| key.is_some_and(|k| k.alive()));
+        self.ignored
+            .retain(|_, (key, _)| key.is_some_and(|k| k.alive()));
         let (mut live, mut procs) = (0, 0);
         for b in self.bins.values_mut() {
             let mut sink = sinks(&mut self.log, &mut self.prom, &mut self.otlp_sink);

@@ -331,6 +331,14 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
         "no k8s labels on /metrics"
     );
 
+    // The opted-out pod drops its annotation: its process is probed now.
+    cluster.patch_pod(
+        "batch",
+        "private",
+        json!({"metadata": {"annotations": {"gmon-agent.io/exclude": null}}}),
+    );
+    agent.wait_labelled(&private.id, "work");
+
     // Faults: the API server restarts, with every resourceVersion the
     // agent held expired meanwhile (etcd compacted); the worker's container
     // restarts with a new id, which only the recovered watch can tell.

@@ -196,6 +196,16 @@ impl Cluster {
         pod["metadata"]["uid"].as_str().unwrap().to_owned()
     }
 
+    /// Merge-patches a pod (labels, annotations, ...).
+    pub fn patch_pod(&self, ns: &str, pod: &str, patch: Value) {
+        self.call(
+            "PATCH",
+            &format!("/api/v1/namespaces/{ns}/pods/{pod}"),
+            "application/merge-patch+json",
+            &patch,
+        );
+    }
+
     /// Plays kubelet: the pod is Running with these (name, Docker
     /// container id, restart count) statuses.
     pub fn set_running(&self, ns: &str, pod: &str, containers: &[(&str, &str, u32)]) {
