@@ -18,6 +18,15 @@ use std::{
 // Each agent traces every process of the spawner binary: one test at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// VictoriaMetrics with its data in `dir`, and a collector feeding it:
+/// (backend port, backend, collector).
+fn pipeline(dir: &std::path::Path, tls: Option<&e2e::otel::ServerTls>) -> (u16, Proc, Collector) {
+    let vm_port = free_port();
+    let vm = victoria(vm_port, &dir.join("vm"));
+    let collector = Collector::start(dir, vm_port, tls);
+    (vm_port, vm, collector)
+}
+
 /// A standalone agent on the spawner exporting to `endpoint`.
 fn agent(
     endpoint: &str,
@@ -78,9 +87,7 @@ fn through_the_collector_over_grpc_then_http_protobuf_then_json() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let vm_port = free_port();
-    let _vm = victoria(vm_port, &dir.path().join("vm"));
-    let collector = Collector::start(dir.path(), vm_port, None);
+    let (vm_port, _vm, collector) = pipeline(dir.path(), None);
     for (protocol, port, path) in [
         ("grpc", collector.grpc_port, ""),
         ("http/protobuf", collector.http_port, ""),
@@ -130,9 +137,7 @@ fn series_past_the_limit_are_counted() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let vm_port = free_port();
-    let _vm = victoria(vm_port, &dir.path().join("vm"));
-    let collector = Collector::start(dir.path(), vm_port, None);
+    let (vm_port, _vm, collector) = pipeline(dir.path(), None);
     let log = dir.path().join("agent.log");
     let (mut agent, metrics_port) = agent(
         &format!("http://127.0.0.1:{}", collector.grpc_port),
@@ -183,9 +188,7 @@ fn totals_stay_exact_with_the_collector_late_and_then_down_30s() {
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let vm_port = free_port();
-    let _vm = victoria(vm_port, &dir.path().join("vm"));
-    let mut collector = Collector::start(dir.path(), vm_port, None);
+    let (vm_port, _vm, mut collector) = pipeline(dir.path(), None);
     // Unreachable at start: the agent runs anyway.
     collector.stop();
     let service = "gmon-agent-collector-outage";
@@ -269,10 +272,8 @@ fn mutual_tls_exponential_histograms_and_stack_attributes() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let certs = test_certificates(dir.path());
-    let vm_port = free_port();
-    let _vm = victoria(vm_port, &dir.path().join("vm"));
     // Mutual TLS: the collector wants a client certificate from our CA.
-    let collector = Collector::start(dir.path(), vm_port, Some(&certs.server));
+    let (vm_port, _vm, collector) = pipeline(dir.path(), Some(&certs.server));
     let (ca, cert, key) = (
         certs.ca.display().to_string(),
         certs.client_cert.display().to_string(),
