@@ -196,33 +196,22 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
     agent.wait_metric("gmon_agent_k8s_synced", |n| n == 1.0);
     agent.wait_metric("gmon_agent_k8s_pods", |n| n == 4.0);
 
+    // A spawner container in a pod's cgroup, its id file named after it.
+    let pod_container = |image: &str, uid: &str, name: &str, rounds: &str| {
+        container(
+            image,
+            uid,
+            &dir.path().join(format!("{name}.cid")),
+            &[rounds],
+        )
+    };
     // Play kubelet: containers in the pods' cgroups, then their ids in
     // the pods' status. The helper's id is written after its process is
     // found, so it is labelled by pod first and re-resolved later.
-    let mut app = container(
-        &spawner,
-        &web_uid,
-        &dir.path().join("app.cid"),
-        &["-rounds=10"],
-    );
-    let mut helper = container(
-        &newer,
-        &web_uid,
-        &dir.path().join("helper.cid"),
-        &["-rounds=10"],
-    );
-    let mut work = container(
-        &spawner,
-        &worker_uid,
-        &dir.path().join("work.cid"),
-        &["-rounds=10"],
-    );
-    let mut private = container(
-        &spawner,
-        &private_uid,
-        &dir.path().join("private.cid"),
-        &["-rounds=10"],
-    );
+    let mut app = pod_container(&spawner, &web_uid, "app", "-rounds=10");
+    let mut helper = pod_container(&newer, &web_uid, "helper", "-rounds=10");
+    let mut work = pod_container(&spawner, &worker_uid, "work", "-rounds=10");
+    let mut private = pod_container(&spawner, &private_uid, "private", "-rounds=10");
     cluster.set_running("shop", "web-5d8f9c7b6-q2x4z", &[("app", &app.id, 0)]);
     agent.wait_labelled(&app.id, "app");
     let helper_pid = host_pid(&helper.id);
@@ -243,12 +232,7 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
         "gmon_agent_processes_skipped_total{reason=\"pod_opted_out\"}",
         |n| n >= 1.0,
     );
-    let _dns = container(
-        &spawner,
-        &dns_uid,
-        &dir.path().join("dns.cid"),
-        &["-rounds=1"],
-    );
+    let _dns = pod_container(&spawner, &dns_uid, "dns", "-rounds=1");
     agent.wait_metric(
         "gmon_agent_processes_skipped_total{reason=\"namespace_excluded\"}",
         |n| n >= 1.0,
@@ -347,12 +331,7 @@ fn series_carry_their_pods_attributes_through_api_restarts_and_container_restart
     cluster.stop_api();
     drop(keep);
     let _ = work.proc.child.wait();
-    let mut work2 = container(
-        &spawner,
-        &worker_uid,
-        &dir.path().join("work2.cid"),
-        &["-rounds=5"],
-    );
+    let mut work2 = pod_container(&spawner, &worker_uid, "work2", "-rounds=5");
     agent.wait_metric("gmon_agent_k8s_watch_errors_total", |n| n > errors);
     cluster.expire_resource_versions();
     cluster.start_api();

@@ -196,34 +196,27 @@ impl Otlp {
         let fail =
             |e: &dyn std::fmt::Display| Error::Exporter(settings.endpoint.clone(), e.to_string());
         let stats = Arc::new(ExportStats::default());
-        let reader = match settings.protocol {
+        // gRPC exports run on the shared runtime (tonic needs one); HTTP
+        // uses a blocking client on the SDK's own thread.
+        let (exporter, rt) = match settings.protocol {
             Protocol::Grpc => {
                 let rt = grpc_runtime()?;
-                let exporter = {
-                    let _guard = rt.enter();
-                    grpc_exporter(&settings, &tls).map_err(|e| fail(&e))?
-                };
-                let counted = Counted {
-                    inner: exporter,
-                    stats: stats.clone(),
-                    rt: Some(rt.handle().clone()),
-                };
-                PeriodicReader::builder(counted)
-                    .with_interval(settings.interval)
-                    .build()
+                let _guard = rt.enter();
+                let e = grpc_exporter(&settings, &tls).map_err(|e| fail(&e))?;
+                (e, Some(rt.handle().clone()))
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => {
-                let exporter = http_exporter(&settings, &tls).map_err(|e| fail(&e))?;
-                let counted = Counted {
-                    inner: exporter,
-                    stats: stats.clone(),
-                    rt: None,
-                };
-                PeriodicReader::builder(counted)
-                    .with_interval(settings.interval)
-                    .build()
+                (http_exporter(&settings, &tls).map_err(|e| fail(&e))?, None)
             }
         };
+        let counted = Counted {
+            inner: exporter,
+            stats: stats.clone(),
+            rt,
+        };
+        let reader = PeriodicReader::builder(counted)
+            .with_interval(settings.interval)
+            .build();
         let mut provider = SdkMeterProvider::builder()
             .with_reader(reader)
             .with_resource(resource(&settings));
