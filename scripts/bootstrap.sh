@@ -16,17 +16,20 @@ GO_BIN=/usr/lib/go-1.23/bin/go
 BPF_LINKER_VER=0.13.0
 
 # --- apt: Go 1.23 from bookworm-backports, LLVM 22 for bpf-linker ---------
+root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib/apt-mirror.sh"
 BACKPORTS=/etc/apt/sources.list.d/gmon-agent-backports.sources
-if [ ! -f "$BACKPORTS" ]; then
-  log "adding bookworm-backports"
-  cat >"$BACKPORTS" <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
+# The mirror comes from the machine's own apt sources; rewrite the file when
+# it differs (an older bootstrap, or a machine moved to another mirror).
+mirror=$(debian_mirror)
+want="Types: deb
+URIs: $mirror
 Suites: bookworm-backports
 Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  rm -f /var/lib/apt/lists/.gmon-agent-updated
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg"
+if [ "$(cat "$BACKPORTS" 2>/dev/null)" != "$want" ]; then
+  log "adding bookworm-backports"
+  printf '%s\n' "$want" >"$BACKPORTS"
 fi
 
 PKGS=(golang-1.23-go "llvm-${LLVM_VER}-dev" "libpolly-${LLVM_VER}-dev" libzstd-dev
@@ -57,7 +60,6 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VER"; then
 fi
 
 # --- Go fixtures ------------------------------------------------------------
-root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/fetch-go.sh"
 "$root/scripts/build-fixtures.sh"
 "$root/scripts/build-test-servers.sh"

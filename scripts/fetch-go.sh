@@ -18,9 +18,13 @@ vm=$cache/vm/usr/bin/victoria-metrics
 
 apt_dir=$cache/apt-go
 mkdir -p "$apt_dir"/{lists/partial,archives/partial,etc}
-cat >"$apt_dir/etc/sources.list" <<'SRC'
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main
-deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main
+root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib/apt-mirror.sh"
+mirror=$(debian_mirror)
+key=/usr/share/keyrings/debian-archive-keyring.gpg
+cat >"$apt_dir/etc/sources.list" <<SRC
+deb [signed-by=$key] $mirror trixie main
+deb [signed-by=$key] $mirror sid main
 SRC
 # The mirror snapshot can be older than the clock: skip Valid-Until.
 cat >"$apt_dir/etc/apt.conf" <<CONF

@@ -5,6 +5,11 @@ use gmon_agent::{cli::Cli, config::Config, run, telemetry};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// Not in static builds (the container image): jemalloc's profiler warms up
+// libgcc's unwinder when glibc's static start-up makes its first
+// allocation, before the unwinder can run, and aborts. Heap profiles are
+// then unavailable (-pprof says so); CPU profiles work.
+#[cfg(not(target_feature = "crt-static"))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "malloc_conf")]
 pub static malloc_conf: &[u8] = b"prof:true,prof_active:false,lg_prof_sample:19\0";

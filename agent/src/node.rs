@@ -51,6 +51,7 @@ pub fn run(cli: Cli, config: crate::config::Config) -> Result<(), Error> {
             .unwrap_or_default(),
     )?;
     let otlp = Otlp::if_configured(otlp_settings(&cli, &config)?)?;
+    crate::probes::require_capabilities(true)?;
     let (rt, servers) = Servers::bind(&cli)?;
     let kube = match kube {
         Some(settings) => {

@@ -96,6 +96,7 @@ fn run_one(cli: Cli, config: Config, path: &std::path::Path) -> Result<(), Error
     let metrics = Metrics::new()?;
     let otlp = Otlp::if_configured(otlp_settings(&cli, &config)?)?;
 
+    probes::require_capabilities(false)?;
     let (rt, servers) = Servers::bind(&cli)?;
     raise_memlock_limit();
     let (mut probes, maps) = {

@@ -145,7 +145,7 @@ fn check_seen(reported: &[(String, u64)], rec: &Recorder, tracker: &Tracker) {
         let want_creator = if site == "nestedChild" {
             "main.startChild"
         } else {
-            "main.main"
+            "main.spawnRound"
         };
         assert_eq!(creator, want_creator, "creator of {site}");
         // file:line come from .gopclntab, stripped or not.

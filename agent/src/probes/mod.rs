@@ -2,6 +2,7 @@
 //! binary, and hands out the maps the event reader needs. Dropping `Probes`
 //! detaches everything and unloads the programs.
 
+pub mod caps;
 mod ringbuf;
 
 pub use ringbuf::EventReader;
@@ -23,8 +24,11 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("{0}")]
+    MissingCapability(String),
     #[error(
-        "loading eBPF programs needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN): run gmon-agent with sudo"
+        "loading eBPF programs was refused although CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN are effective: \
+         a seccomp profile or LSM blocks bpf(); allow it (in a pod: securityContext.seccompProfile.type: Unconfined)"
     )]
     Permission,
     #[error("this kernel lacks BPF ring buffers (Linux 5.8 or newer is needed): {0}")]
@@ -87,6 +91,11 @@ pub struct Maps {
     pub procs: ProcEvents,
     pub stacks: KernelStacks,
     pub counters: KernelCounters,
+}
+
+/// Fails with one line naming the first capability this mode lacks.
+pub fn require_capabilities(node_mode: bool) -> Result<(), Error> {
+    caps::check(node_mode).map_err(Error::MissingCapability)
 }
 
 impl Probes {
@@ -264,7 +273,8 @@ impl Probes {
                         path: path.display().to_string(),
                         offset,
                         reason: if is_eperm(&e) {
-                            "permission denied: attaching uprobes needs CAP_SYS_ADMIN (run with sudo)"
+                            "permission denied: attaching uprobes needs CAP_SYS_ADMIN \
+                             (root on a host; securityContext.capabilities.add in a pod)"
                                 .into()
                         } else {
                             format!("{e:#}")
