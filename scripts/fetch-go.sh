@@ -17,27 +17,11 @@ vm=$cache/vm/usr/bin/victoria-metrics
 [ ${#missing[@]} -eq 0 ] && [ -x "$vm" ] && exit 0
 
 apt_dir=$cache/apt-go
-mkdir -p "$apt_dir"/{lists/partial,archives/partial,etc}
 root=$(cd "$(dirname "$0")/.." && pwd)
-. "$root/scripts/lib/apt-mirror.sh"
+. "$root/scripts/lib/apt.sh"
 mirror=$(debian_mirror)
 key=/usr/share/keyrings/debian-archive-keyring.gpg
-cat >"$apt_dir/etc/sources.list" <<SRC
-deb [signed-by=$key] $mirror trixie main
-deb [signed-by=$key] $mirror sid main
-SRC
-# The mirror snapshot can be older than the clock: skip Valid-Until.
-cat >"$apt_dir/etc/apt.conf" <<CONF
-Dir::Etc::SourceList "$apt_dir/etc/sources.list";
-Dir::Etc::SourceParts "/nonexistent";
-Dir::State::Lists "$apt_dir/lists";
-Dir::Cache::Archives "$apt_dir/archives";
-Dir::State::Status "/var/lib/dpkg/status";
-Acquire::Check-Valid-Until "false";
-APT::Architecture "amd64";
-APT::Sandbox::User "root";
-CONF
-export APT_CONFIG=$apt_dir/etc/apt.conf
+private_apt "$apt_dir" "deb [signed-by=$key] $mirror trixie main" "deb [signed-by=$key] $mirror sid main"
 echo "fetch-go: fetching Go ${missing[*]:-} / VictoriaMetrics from Debian trixie/sid" >&2
 apt-get update -qq
 if [ ! -x "$vm" ]; then

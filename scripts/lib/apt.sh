@@ -23,3 +23,27 @@ debian_mirror() {
   echo "no Debian mirror found in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list; add one (apt's own sources) and re-run" >&2
   return 1
 }
+
+# private_apt DIR SOURCE_LINE...: an apt configuration of its own under DIR
+# (lists, archives, cache), with these sources and the machine's dpkg status,
+# so that `apt-get download` and `apt-get source` work without touching the
+# system's apt state. Exports APT_CONFIG. The mirror snapshot can be older
+# than the clock: Valid-Until is not checked.
+private_apt() {
+  local dir=$1; shift
+  mkdir -p "$dir"/{lists/partial,archives/partial,cache,etc/preferences.d}
+  printf '%s\n' "$@" >"$dir/etc/sources.list"
+  cat >"$dir/etc/apt.conf" <<CONF
+Dir::Etc::SourceList "$dir/etc/sources.list";
+Dir::Etc::SourceParts "/nonexistent";
+Dir::Etc::PreferencesParts "$dir/etc/preferences.d";
+Dir::State::Lists "$dir/lists";
+Dir::Cache "$dir/cache";
+Dir::Cache::Archives "$dir/archives";
+Dir::State::Status "/var/lib/dpkg/status";
+Acquire::Check-Valid-Until "false";
+APT::Architecture "amd64";
+APT::Sandbox::User "root";
+CONF
+  export APT_CONFIG=$dir/etc/apt.conf
+}
