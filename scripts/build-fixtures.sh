@@ -42,6 +42,14 @@ for r in 1.24 1.26; do
   build "$go" "spawner-go$r" spawner
   build "$go" "spawner-go$r-pie-stripped" spawner -buildmode=pie "$strip"
 done
+# The spawner's HTTP mode (-tags podhttp), for the pods of the Kubernetes
+# test: static, PIE, and the newer releases (stripped PIE included).
+build $GO123 spawner-http spawner -tags podhttp
+build $GO123 spawner-http-pie spawner -tags podhttp -buildmode=pie
+for r in 1.24 1.26; do
+  build "/var/cache/gmon-agent/go/$r/usr/lib/go-$r/bin/go" "spawner-http-go$r-pie-stripped" spawner \
+    -tags podhttp -buildmode=pie "$strip"
+done
 # A static program that is not Go (for the container tests).
 if [ ! -x "$out/c-waiter" ] || [ "$root/fixture/c/waiter.c" -nt "$out/c-waiter" ]; then
   gcc -static -O2 -o "$out/c-waiter" "$root/fixture/c/waiter.c"

@@ -25,7 +25,7 @@ trap cleanup EXIT
 
 target/fixtures/httpserver -addr "127.0.0.1:$APP_PORT" >/dev/null 2>&1 &
 app_pid=$!
-target/debug/gmon-agent --path target/fixtures/httpserver --metrics "$METRICS_PORT" \
+"${CARGO_TARGET_DIR:-target}/debug/gmon-agent" --path target/fixtures/httpserver --metrics "$METRICS_PORT" \
   >"$work/stdout" 2>"$work/stderr" &
 agent_pid=$!
 for _ in $(seq 100); do grep -q attached "$work/stderr" 2>/dev/null && break; sleep 0.1; done

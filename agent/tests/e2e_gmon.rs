@@ -141,7 +141,10 @@ fn bad_inputs_give_one_clear_line_and_leave_nothing_attached() {
                 .arg(fixture("spawner"))
                 .args(["--metrics", &port]),
         );
-        assert!(line.contains("needs root"), "{line}");
+        assert!(
+            line.contains("missing capability CAP_BPF") && line.contains("as root"),
+            "{line}"
+        );
         let names = loaded_bpf_programs();
         assert!(
             !names.iter().any(|n| n == "newproc1_ret" || n == "goexit1"),

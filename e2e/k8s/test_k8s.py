@@ -402,12 +402,12 @@ def run(work, servers, repo, tag, state, progs_before):
     @case("images load into the node (agent from the Dockerfile, workloads FROM scratch)")
     def _():
         load_image(os.environ["GMON_K8S_AGENT_IMAGE"])
-        for ref, fixture in [("localhost/gmon-test/spawner:go1.23", "spawner"),
-                             ("localhost/gmon-test/spawner:go1.23-pie", "spawner-pie"),
-                             ("localhost/gmon-test/spawner:go1.24", "spawner-go1.24"),
-                             ("localhost/gmon-test/spawner:go1.26-pie-stripped", "spawner-go1.26-pie-stripped")]:
+        for ref, fixture in [("localhost/gmon-test/spawner:go1.23", "spawner-http"),
+                             ("localhost/gmon-test/spawner:go1.23-pie", "spawner-http-pie"),
+                             ("localhost/gmon-test/spawner:go1.24-pie-stripped", "spawner-http-go1.24-pie-stripped"),
+                             ("localhost/gmon-test/spawner:go1.26-pie-stripped", "spawner-http-go1.26-pie-stripped")]:
             load_image(mkimage(work, ref, fixture))
-            images[fixture] = ref
+            images[fixture.replace("-http", "")] = ref
 
     for ns in ("gmon-a", "gmon-b", "gmon-nocap", AGENT_NS):
         kubectl("create", "namespace", ns, check=False)
@@ -484,7 +484,7 @@ def run(work, servers, repo, tag, state, progs_before):
                                      "spec": pod_spec(container("app", images["spawner"], 8080))}}})
         apply({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "multi", "namespace": "gmon-b", "labels": {"app": "multi"}},
-               "spec": pod_spec(container("main", images["spawner-go1.24"], 8080),
+               "spec": pod_spec(container("main", images["spawner-go1.24-pie-stripped"], 8080),
                                 container("side", images["spawner-go1.26-pie-stripped"], 8081))})
         apply({"apiVersion": "apps/v1", "kind": "StatefulSet",
                "metadata": {"name": "db", "namespace": "gmon-b"},
