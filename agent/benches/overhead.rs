@@ -5,6 +5,7 @@
 //! * untraced
 //! * floor: an empty program on the same uprobe sites (the bare trap cost)
 //! * gmon-agent: the real agent binary, stacks on, logging to /dev/null
+//! * with BASELINE_AGENT=path, another agent build the same way (before/after)
 //!
 //! Prints per-mode medians, the ratio gmon-agent / floor, the agent's CPU
 //! time per million events, and events lost.
@@ -37,6 +38,59 @@ fn churn(n: u32, rounds: u32) -> f64 {
         .find_map(|kv| kv.strip_prefix("ns_per_goroutine="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("unexpected churn output {s:?}"))
+}
+
+/// What one agent run measured.
+struct AgentRun {
+    ns: f64,
+    cpu_ns: f64,
+    events: f64,
+    lost: f64,
+    create_hits: (f64, f64),
+    exit_hits: (f64, f64),
+}
+
+/// Starts an agent binary on the churn fixture, times a churn run under it,
+/// and reads its CPU time, event counts and in-kernel statistics.
+fn run_agent(exe: &str, bin: &GoBinary, args: &str, n: u32, rounds: u32) -> AgentRun {
+    let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let port = free_port();
+    let mut a = Proc::spawn(
+        Command::new(exe)
+            .arg("--path")
+            .arg(&bin.path)
+            .args([
+                "--metrics",
+                &port.to_string(),
+                "--metrics-address",
+                "127.0.0.1",
+            ])
+            .args(args.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    );
+    // Attached once the agent reports its uprobes (works at any --level).
+    wait_for(Duration::from_secs(30), || {
+        let (_, body) = http_get(port, "/metrics").ok()?;
+        (metric(&body, "gmon_agent_uprobes_attached") > 0.0).then_some(())
+    })
+    .expect("agent attached");
+    let cpu0 = cpu_ticks(a.pid());
+    let ns = churn(n, rounds);
+    // Let the agent drain what is still in the ring buffer.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu1 = cpu_ticks(a.pid());
+    let (_, body) = http_get(port, "/metrics").unwrap();
+    let r = AgentRun {
+        ns,
+        cpu_ns: (cpu1 - cpu0) as f64 * tick_ns,
+        events: metric(&body, "gmon_agent_events_received_total"),
+        lost: metric(&body, "gmon_agent_events_lost_total"),
+        create_hits: prog_runs("newproc1_ret"),
+        exit_hits: prog_runs("goexit1"),
+    };
+    a.terminate(Duration::from_secs(10));
+    r
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -82,9 +136,13 @@ fn main() {
     // Extra agent flags, e.g. AGENT_ARGS="--stack-depth 0" to see what stacks cost.
     let agent_args = std::env::var("AGENT_ARGS").unwrap_or_default();
     let bin = GoBinary::analyse(&fixture("churn")).unwrap();
-    let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
 
     let (mut untraced, mut floor, mut agent) = (Vec::new(), Vec::new(), Vec::new());
+    // BASELINE_AGENT=path: another gmon-agent build (e.g. before a change),
+    // run interleaved with the same flags, for a before/after in one run.
+    let baseline_bin = std::env::var("BASELINE_AGENT").ok();
+    let mut baseline = Vec::new();
+    let (mut baseline_cpu_ns, mut baseline_events, mut baseline_lost) = (0.0, 0.0, 0.0);
     let (mut agent_cpu_ns, mut agent_events, mut lost) = (0.0, 0.0, 0.0);
     // In-kernel time per probe hit, from the kernel's BPF run-time statistics
     // (enabled while this fd is open; they add ~20 ns per hit to all modes).
@@ -105,39 +163,26 @@ fn main() {
             add(&mut noop_hits, prog_runs("noop"));
         }
 
-        let port = free_port();
-        let mut a = Proc::spawn(
-            Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
-                .arg("--path")
-                .arg(&bin.path)
-                .args([
-                    "--metrics",
-                    &port.to_string(),
-                    "--metrics-address",
-                    "127.0.0.1",
-                ])
-                .args(agent_args.split_whitespace())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit()),
+        let r = run_agent(
+            env!("CARGO_BIN_EXE_gmon-agent"),
+            &bin,
+            &agent_args,
+            n,
+            rounds,
         );
-        // Attached once the agent reports its uprobes (works at any --level).
-        wait_for(Duration::from_secs(30), || {
-            let (_, body) = http_get(port, "/metrics").ok()?;
-            (metric(&body, "gmon_agent_uprobes_attached") > 0.0).then_some(())
-        })
-        .expect("agent attached");
-        let cpu0 = cpu_ticks(a.pid());
-        agent.push(churn(n, rounds));
-        // Let the agent drain what is still in the ring buffer.
-        std::thread::sleep(Duration::from_millis(1500));
-        let cpu1 = cpu_ticks(a.pid());
-        let (_, body) = http_get(port, "/metrics").unwrap();
-        agent_cpu_ns += (cpu1 - cpu0) as f64 * tick_ns;
-        agent_events += metric(&body, "gmon_agent_events_received_total");
-        lost += metric(&body, "gmon_agent_events_lost_total");
-        add(&mut create_hits, prog_runs("newproc1_ret"));
-        add(&mut exit_hits, prog_runs("goexit1"));
-        a.terminate(Duration::from_secs(10));
+        agent.push(r.ns);
+        agent_cpu_ns += r.cpu_ns;
+        agent_events += r.events;
+        lost += r.lost;
+        add(&mut create_hits, r.create_hits);
+        add(&mut exit_hits, r.exit_hits);
+        if let Some(b) = &baseline_bin {
+            let r = run_agent(b, &bin, &agent_args, n, rounds);
+            baseline.push(r.ns);
+            baseline_cpu_ns += r.cpu_ns;
+            baseline_events += r.events;
+            baseline_lost += r.lost;
+        }
     }
     let (u, f, g) = (
         median(&mut untraced),
@@ -167,6 +212,21 @@ fn main() {
         agent_events
     );
     println!("  events lost              {lost}");
+    if let Some(b) = &baseline_bin {
+        let bl = median(&mut baseline);
+        println!(
+            "  baseline agent           {:8.2} us/goroutine ({b})",
+            bl / 1e3
+        );
+        println!("  ratio baseline / floor   {:8.3}", bl / f);
+        println!("  ratio agent / baseline   {:8.3}", g / bl);
+        println!(
+            "  baseline CPU per 1M events {:6.3} s ({} events, {} lost)",
+            baseline_cpu_ns / 1e9 / (baseline_events / 1e6),
+            baseline_events,
+            baseline_lost
+        );
+    }
     let per_hit = |(c, t): (f64, f64)| if c > 0.0 { t / c } else { f64::NAN };
     println!(
         "  in-kernel ns per probe hit: empty {:.0}, creation {:.0}, exit {:.0}",

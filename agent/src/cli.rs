@@ -53,7 +53,7 @@ pub struct Cli {
     pub otlp: crate::export::otlp::settings::OtlpFlags,
 
     #[command(flatten)]
-    pub k8s: crate::process::k8s::KubeFlags,
+    pub k8s: crate::k8s::KubeFlags,
 
     /// Node mode: probe only executables whose path (inside their container) matches this glob (repeatable)
     #[arg(long, value_name = "GLOB")]
@@ -65,7 +65,7 @@ pub struct Cli {
 
     /// Node mode: probe processes in containers, on the host, or both (containers, host, all; default all)
     #[arg(long, value_enum, value_name = "SCOPE")]
-    pub scope: Option<crate::process::select::Scope>,
+    pub scope: Option<crate::discover::select::Scope>,
 
     /// Node mode: YAML file with include, exclude and scope (flags add to it)
     #[arg(long, value_name = "FILE")]
@@ -188,6 +188,12 @@ impl Cli {
                 std::process::exit(0);
             }
             match Cli::try_parse_from(normalize_args(args.clone(), true)) {
+                // gmon watches one binary: without -path it is an error, not
+                // node mode (only the name gmon-agent has that).
+                Ok(cli) if cli.path.is_none() => {
+                    eprint!("missing required flag: -path\n{}", gmon_usage(&name));
+                    std::process::exit(2);
+                }
                 Ok(cli) => return cli,
                 Err(e) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
                     let flag = e

@@ -1,7 +1,7 @@
 //! The YAML config file (`--config`): every key optional, unknown keys
 //! refused. Command-line flags override or add to it.
 
-use crate::{export::otlp::settings::OtlpFile, process::select::Scope};
+use crate::{discover::select::Scope, export::otlp::settings::OtlpFile};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,7 @@ pub struct Config {
     pub otlp: OtlpFile,
     /// Kubernetes pod metadata, as the `--k8s-*` flags.
     #[serde(default)]
-    pub kubernetes: crate::process::k8s::KubeFile,
+    pub kubernetes: crate::k8s::KubeFile,
 }
 
 impl Config {

@@ -1,4 +1,4 @@
-use gmon_agent::{cli::Cli, config::Config, run, telemetry};
+use gmon_agent::{agent, cli::Cli, config::Config, telemetry};
 
 // jemalloc, so that `-pprof` can serve heap profiles. Sampling is compiled
 // in but stays inactive unless -pprof is given.
@@ -31,7 +31,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let logs = match run::log_export(&cli, &config) {
+    let logs = match agent::log_export(&cli, &config) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("gmon-agent: {e}");
@@ -45,7 +45,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match run::run(cli, config) {
+    match agent::run(cli, config) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gmon-agent: {e}");

@@ -49,6 +49,30 @@ fn http_fixture_like_gmons_e2e() {
             "{s:?}"
         );
     }
+    // Self-metrics mean what they say in standalone mode too: its one
+    // binary, its one process; no pod index, so no k8s families.
+    let value = |name: &str| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(value("gmon_agent_binaries_attached"), 1.0);
+    assert_eq!(value("gmon_agent_processes_tracked"), 1.0);
+    assert_eq!(value("gmon_agent_uprobes_attached"), 2.0);
+    assert!(value("gmon_agent_processes_seen_total") >= 1.0);
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("gmon_agent_k8s_")),
+        "k8s families in standalone mode"
+    );
 
     // SIGTERM: clean exit, programs unloaded.
     let status = agent

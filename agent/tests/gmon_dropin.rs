@@ -85,6 +85,17 @@ fn help_and_flag_errors_look_like_gmons() {
         err.starts_with("flag provided but not defined: -bogus\nUsage of "),
         "{err}"
     );
+    // gmon needs -path: without it, an error, never node mode.
+    for args in [&[][..], &["-metrics", "0"][..]] {
+        let out = Command::new(&gmon).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.starts_with("missing required flag: -path\nUsage of "),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
     // Under its own name the agent keeps its GNU-style help.
     let out = Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
         .arg("--help")

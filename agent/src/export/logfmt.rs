@@ -193,6 +193,11 @@ impl<W: Write> GmonLog<W> {
         }
     }
 
+    /// Write errors since the last call (for the exported counter).
+    pub fn take_write_errors(&mut self) -> u64 {
+        std::mem::take(&mut self.write_errors)
+    }
+
     pub fn flush(&mut self) {
         if self.out.flush().is_err() {
             self.write_errors += 1;

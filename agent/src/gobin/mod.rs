@@ -1,6 +1,10 @@
 //! Binary analysed: everything gmon-agent needs to know about one Go
 //! executable before it can probe it — release, runtime.g layout, probe
 //! sites (as file offsets) and a symbolizer for its PCs.
+//!
+//! Over 400 lines on purpose: this is the one place that orders the
+//! analysis of a binary (ELF, buildinfo, pclntab, offsets, sites) and its
+//! refusals; each format's parser lives in a submodule.
 
 pub mod buildinfo;
 pub mod cache;

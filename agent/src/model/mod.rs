@@ -7,8 +7,8 @@ mod labels;
 pub use labels::{STACK_LABELS, stack_labels};
 
 use crate::{
+    discover::{self, ProcessKey},
     gobin::{Frame, GoBinary},
-    process::{self, ProcessKey},
 };
 use agent_common::{EVENT_CREATE, EVENT_EXIT, GoroutineEvent, NO_STACK};
 use rustc_hash::FxHashMap as HashMap;
@@ -27,7 +27,7 @@ pub struct ProcLabels {
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
     /// The pod from the Kubernetes index, once it knows the process's.
-    pub k8s: Option<crate::process::k8s::PodLabels>,
+    pub k8s: Option<crate::k8s::PodLabels>,
 }
 
 /// Where goroutines come from: the `go` statement and what it started.
@@ -175,7 +175,7 @@ impl Tracker {
         let binary = &self.binary;
         let stats = &mut self.stats;
         self.procs.entry(pid).or_insert_with(|| {
-            let bias = match process::load_bias(pid, binary) {
+            let bias = match discover::load_bias(pid, binary) {
                 Ok(b) => Some(b),
                 // A non-PIE binary is never relocated.
                 Err(_) if !binary.pie => Some(0),

@@ -71,7 +71,7 @@ pub fn first_missing(eff: u64, last_cap: u32, node_mode: bool) -> Option<&'stati
 fn in_container() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
         || std::fs::read_to_string("/proc/self/cgroup")
-            .is_ok_and(|c| crate::process::cgroup::parse(&c).id.is_some())
+            .is_ok_and(|c| crate::discover::cgroup::parse(&c).id.is_some())
 }
 
 /// The one-line advice for a missing capability.

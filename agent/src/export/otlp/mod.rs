@@ -9,6 +9,10 @@
 //! exponential) and `go.goroutine.live` (up-down counter, {goroutine}).
 //! Temporality is cumulative, so totals stay exact across a collector
 //! outage.
+//!
+//! Over 400 lines on purpose: the SDK's meter and logger providers, their
+//! three transports and TLS are set up together, so that both signals
+//! share one runtime and one set of endpoint rules.
 
 pub mod settings;
 mod sink;

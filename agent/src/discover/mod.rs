@@ -1,8 +1,8 @@
-//! Process found: which processes run a given binary, and where each one
-//! mapped it (the load bias that PIE and ASLR add to every address).
+//! Process found: which processes run a given binary, where each one
+//! mapped it (the load bias that PIE and ASLR add to every address), what
+//! container it runs in, and node mode's selection.
 
 pub mod cgroup;
-pub mod k8s;
 pub mod realfile;
 pub mod select;
 
@@ -46,7 +46,8 @@ impl ProcessKey {
     }
 }
 
-fn exe_id(pid: u32) -> Option<BinaryId> {
+/// The identity of the file `pid` executes, as `--path` names it.
+pub fn exe_id(pid: u32) -> Option<BinaryId> {
     BinaryId::of(&PathBuf::from(format!("/proc/{pid}/exe"))).ok()
 }
 

@@ -1,17 +1,21 @@
 //! The Prometheus endpoint: gmon's three families with gmon's names, types,
-//! help texts, labels and buckets, plus the agent's own health metrics.
+//! help texts, labels and buckets, plus the agent's own health metrics
+//! (this file: the registry and the endpoint; `sink.rs` feeds the families).
 //!
 //! Unlike gmon, gmon_goroutine_uptime is observed exactly once per
 //! goroutine, when it exits (gmon re-observed every live goroutine every
 //! 500 ms, counting long-lived ones many times).
 
-use crate::model::{Goroutine, STACK_LABELS, Sink, Stats, stack_labels};
+mod sink;
+
+pub use sink::PromSink;
+
+use crate::model::{STACK_LABELS, Stats};
 use agent_common::counter;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
-use rustc_hash::FxHashMap;
 use std::{net::SocketAddr, sync::Arc};
 
 /// gmon's uptime buckets, in seconds.
@@ -131,22 +135,19 @@ impl Metrics {
         *last = now;
     }
 
-    /// Standalone mode: gmon's families exactly.
-    pub fn new() -> Result<Arc<Self>, Error> {
-        Self::build(false, Vec::new())
-    }
-
-    /// Node mode: gmon's families with NODE_LABELS added, and the
-    /// Kubernetes attributes `k8s_keys` (empty without Kubernetes).
-    pub fn new_node(k8s_keys: Vec<String>) -> Result<Arc<Self>, Error> {
-        Self::build(true, k8s_keys)
-    }
-
-    fn build(node: bool, k8s_keys: Vec<String>) -> Result<Arc<Self>, Error> {
+    /// Standalone mode (`node` false): gmon's families exactly. Node mode:
+    /// gmon's families with NODE_LABELS added, and with a pod index
+    /// (`k8s_keys` some) its Kubernetes attributes and the gmon_agent_k8s_*
+    /// families, which are left out without one.
+    pub fn new(node: bool, k8s_keys: Option<Vec<String>>) -> Result<Arc<Self>, Error> {
         let r = Registry::new();
+        // Families that do not apply are created unregistered.
+        let unexported = Registry::new();
+        let kr = if k8s_keys.is_some() { &r } else { &unexported };
+        let k8s_keys = k8s_keys.unwrap_or_default();
         let k8s_labels: Vec<String> = k8s_keys
             .iter()
-            .map(|k| crate::process::k8s::prometheus_label(k))
+            .map(|k| crate::k8s::prometheus_label(k))
             .collect();
         let family_labels: Vec<&str> = if node {
             STACK_LABELS
@@ -271,22 +272,22 @@ impl Metrics {
             )?,
             k8s: KubeMetrics {
                 pods: gauge(
-                    &r,
+                    kr,
                     "gmon_agent_k8s_pods",
                     "Pods on this node in the Kubernetes index",
                 )?,
                 synced: gauge(
-                    &r,
+                    kr,
                     "gmon_agent_k8s_synced",
                     "1 once the pod watch has listed this node's pods",
                 )?,
                 watch_errors: counter(
-                    &r,
+                    kr,
                     "gmon_agent_k8s_watch_errors_total",
                     "Failed pod list or watch requests (each retried with backoff)",
                 )?,
                 relists: counter(
-                    &r,
+                    kr,
                     "gmon_agent_k8s_relists_total",
                     "Full lists of this node's pods (at start and after each expired watch)",
                 )?,
@@ -414,94 +415,6 @@ impl Metrics {
     }
 }
 
-struct SiteSeries {
-    creation: IntCounter,
-    exit: IntCounter,
-    uptime: Histogram,
-    /// Node mode: the label values, to delete the series with the process.
-    labels: Option<Vec<String>>,
-}
-
-/// Feeds the gmon families, caching each site's series handles so the hot
-/// path does no label hashing.
-pub struct PromSink {
-    metrics: Arc<Metrics>,
-    sites: FxHashMap<u64, SiteSeries>,
-}
-
-impl PromSink {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        PromSink {
-            metrics,
-            sites: FxHashMap::default(),
-        }
-    }
-
-    fn series(&mut self, g: &Goroutine) -> &SiteSeries {
-        let m = &self.metrics;
-        self.sites.entry(g.site.id).or_insert_with(|| {
-            let mut labels: Vec<&str> = stack_labels(&g.site.stack).to_vec();
-            let pid;
-            let k8s;
-            if m.node {
-                let p = g.site.proc.as_deref();
-                pid = p.map(|p| p.pid.to_string()).unwrap_or_default();
-                labels.push(&pid);
-                labels.push(p.map(|p| p.binary.as_str()).unwrap_or(""));
-                labels.push(p.and_then(|p| p.container_id.as_deref()).unwrap_or(""));
-                labels.push(p.and_then(|p| p.pod_uid.as_deref()).unwrap_or(""));
-                k8s = p
-                    .and_then(|p| p.k8s.as_ref())
-                    .map(|k| k.attributes())
-                    .unwrap_or_default();
-                for key in &m.k8s_keys {
-                    let v = k8s.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-                    labels.push(v.unwrap_or(""));
-                }
-            }
-            SiteSeries {
-                creation: m.creation.with_label_values(&labels),
-                exit: m.exit.with_label_values(&labels),
-                uptime: m.uptime.with_label_values(&labels),
-                labels: m
-                    .node
-                    .then(|| labels.iter().map(|l| l.to_string()).collect()),
-            }
-        })
-    }
-}
-
-impl Sink for PromSink {
-    fn created(&mut self, g: &Goroutine) {
-        self.series(g).creation.inc();
-    }
-
-    fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
-        let s = self.series(g);
-        s.exit.inc();
-        s.uptime
-            .observe(exited_ns.saturating_sub(g.created_ns) as f64 / 1e9);
-    }
-
-    fn site_gone(&mut self, site_id: u64) {
-        // Standalone mode: the series stay (gmon's families aggregate every
-        // process of the binary); only the cached handles go. Node mode:
-        // the series name the exited process, so they go with it, or they
-        // would pile up with every process ever seen.
-        if let Some(SiteSeries {
-            labels: Some(labels),
-            ..
-        }) = self.sites.remove(&site_id)
-        {
-            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-            let m = &self.metrics;
-            let _ = m.creation.remove_label_values(&l);
-            let _ = m.exit.remove_label_values(&l);
-            let _ = m.uptime.remove_label_values(&l);
-        }
-    }
-}
-
 /// Binds the /metrics listener (early, so a busy port fails before probing).
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(addr)
@@ -543,6 +456,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Goroutine, Sink};
     use crate::{gobin::Frame, model::Site};
 
     fn goroutine(stack: &[&str], created_ns: u64) -> Goroutine {
@@ -570,7 +484,7 @@ mod tests {
 
     #[test]
     fn renders_gmon_families_with_stack_labels() {
-        let m = Metrics::new().unwrap();
+        let m = Metrics::new(false, None).unwrap();
         let mut sink = PromSink::new(m.clone());
         let g = goroutine(
             &[
@@ -630,7 +544,7 @@ mod tests {
 
     #[test]
     fn kernel_and_tracker_counters_are_exported() {
-        let m = Metrics::new().unwrap();
+        let m = Metrics::new(false, None).unwrap();
         let mut d = [0u64; counter::COUNT as usize];
         d[counter::RINGBUF_FULL as usize] = 4;
         m.add_kernel(&d);

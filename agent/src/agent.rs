@@ -1,0 +1,186 @@
+//! Wires the stages into one agent, for both modes: settings resolved and
+//! checked (bad input fails here, before anything is attached), the HTTP
+//! servers bound, the pod index started, the probes loaded, the pipeline
+//! run on its own thread until SIGTERM or SIGINT, then one shutdown path:
+//! stop, drain the last events, flush OTLP, detach.
+
+use crate::{
+    cli::Cli,
+    config::Config,
+    discover::{self, select::Selection},
+    export::{
+        logfmt::{Clock, GmonLog},
+        otlp::{Otlp, OtlpSettings},
+        prometheus::{self as prom, Metrics},
+    },
+    gobin::{self, GoBinary},
+    k8s::{self, KubeSettings, SharedIndex, WatchStats},
+    pipeline::{Kube, Pipeline, Target},
+    probes::{self, Probes},
+    serve::Servers,
+};
+use std::{
+    io::BufWriter,
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Binary(#[from] gobin::Error),
+    #[error(transparent)]
+    Process(#[from] discover::Error),
+    #[error(transparent)]
+    Probes(#[from] probes::Error),
+    #[error(transparent)]
+    Metrics(#[from] prom::Error),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::Error),
+    #[error(transparent)]
+    Selection(#[from] discover::select::Error),
+    #[error(transparent)]
+    Otlp(#[from] crate::export::otlp::Error),
+    #[error(transparent)]
+    OtlpSettings(#[from] crate::export::otlp::settings::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Kubernetes(#[from] k8s::Error),
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// Runs the agent: standalone with --path (one binary, gmon's output),
+/// node mode without (every Go program the selection admits).
+pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
+    let clock = Clock::new();
+    let depth = cli.stack_depth as usize;
+    let target = match cli.path.as_deref() {
+        Some(path) => {
+            let bin = {
+                let _span = tracing::debug_span!("analyse").entered();
+                Arc::new(GoBinary::analyse(path)?)
+            };
+            let pid = NonZeroU32::new(cli.pid);
+            if let Some(pid) = pid {
+                discover::check_runs(pid.get(), bin.id)?;
+            }
+            Target::Binary { bin, pid }
+        }
+        None => {
+            let include: Vec<String> = config.include.iter().chain(&cli.include).cloned().collect();
+            let exclude: Vec<String> = config.exclude.iter().chain(&cli.exclude).cloned().collect();
+            let scope = cli.scope.or(config.scope).unwrap_or_default();
+            let selection = Selection::new(&include, &exclude, scope)?;
+            tracing::info!(?scope, include = ?include, exclude = ?exclude, "node mode: watching processes");
+            Target::Node(selection)
+        }
+    };
+    let node = matches!(target, Target::Node(_));
+    // Pod metadata labels node mode's processes; standalone has none.
+    let kube = match node {
+        true => KubeSettings::resolve(&cli.k8s, &config.kubernetes)?,
+        false => None,
+    };
+    let metrics = Metrics::new(node, kube.as_ref().map(KubeSettings::attribute_keys))?;
+    let otlp = Otlp::if_configured(otlp_settings(&cli, &config)?)?;
+    probes::require_capabilities(node)?;
+    let (rt, servers) = Servers::bind(&cli)?;
+    let kube = match kube {
+        Some(settings) => {
+            let (index, stats) = (Arc::<SharedIndex>::default(), Arc::<WatchStats>::default());
+            rt.block_on(k8s::spawn(settings.clone(), index.clone(), stats.clone()))?;
+            Some(Kube {
+                settings,
+                index,
+                stats,
+                generation: u64::MAX,
+            })
+        }
+        None => {
+            if node {
+                tracing::info!("Kubernetes metadata off (no --k8s-node-name or NODE_NAME)");
+            }
+            None
+        }
+    };
+
+    raise_memlock_limit();
+    let (mut probes, maps) = {
+        let _span = tracing::debug_span!("load").entered();
+        Probes::load(depth)?
+    };
+    probes.watch_processes()?;
+    let log = GmonLog::new(
+        BufWriter::with_capacity(64 << 10, std::io::stdout()),
+        cli.level,
+        clock,
+    );
+    let mut pipeline = Pipeline::new(
+        probes,
+        target,
+        depth,
+        metrics.clone(),
+        log,
+        otlp.as_ref(),
+        kube,
+    )?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || {
+                pipeline.run(maps, &stop);
+                // The last interval, before the probes go.
+                if let Some(o) = otlp {
+                    o.shutdown();
+                }
+            })?
+    };
+    servers.run_until_signal(&rt, &metrics);
+    stop.store(true, Ordering::Relaxed);
+    let _ = worker.join();
+    tracing::info!("detached");
+    Ok(())
+}
+
+/// The agent's own logs as OTLP, if `--otlp-logs` (or the config file)
+/// asks for it.
+pub fn log_export(
+    cli: &Cli,
+    config: &Config,
+) -> Result<Option<opentelemetry_sdk::logs::SdkLoggerProvider>, Error> {
+    match otlp_settings(cli, config)? {
+        Some(s) => Ok(crate::export::otlp::log_provider(&s)?),
+        None if cli.otlp.otlp_logs || config.otlp.logs == Some(true) => {
+            Err(crate::export::otlp::settings::Error::LogsEndpoint.into())
+        }
+        None => Ok(None),
+    }
+}
+
+/// OTLP settings from the flags, the config file and the environment.
+fn otlp_settings(cli: &Cli, config: &Config) -> Result<Option<OtlpSettings>, Error> {
+    Ok(OtlpSettings::resolve(&cli.otlp, &config.otlp, |k| {
+        std::env::var(k).ok()
+    })?)
+}
+
+/// On kernels before 5.11 BPF memory counts against RLIMIT_MEMLOCK; newer
+/// ones account it to the cgroup, so a refusal here is harmless.
+fn raise_memlock_limit() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on Linux 5.11+)");
+    }
+}

@@ -1,0 +1,358 @@
+//! The data path, once for both modes: processes found (a /proc scan at
+//! start, then the kernel's exec/exit tracepoints) -> binaries analysed and
+//! probed (once per distinct binary, whatever the number of its processes)
+//! -> goroutine events drained -> trackers (aggregates) -> the sinks (gmon
+//! log lines, /metrics, OTLP). What differs between the modes is only the
+//! [`Target`]: node mode admits what its selection and the pod index admit;
+//! standalone mode (`--path`) admits exactly one binary, attached up front
+//! and kept attached when its processes come and go.
+
+mod pods;
+mod procs;
+
+pub use pods::Kube;
+
+use crate::{
+    discover::{ProcessKey, select::Selection},
+    export::{
+        Fanout,
+        logfmt::GmonLog,
+        otlp::{Otlp, OtlpCounts, OtlpSink},
+        prometheus::{Metrics, PromSink},
+    },
+    gobin::{BinaryId, Cache, GoBinary},
+    model::{ProcLabels, Sink, Tracker},
+    probes::{self, Attachment, Maps, Probes},
+};
+use agent_common::{EVENT_CREATE, GoroutineEvent, PROC_EXEC, PROC_EXIT};
+use std::{
+    collections::{HashMap, HashSet},
+    io::BufWriter,
+    num::NonZeroU32,
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// How often the loop drains the ring buffers when the kernel did not wake it.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How often exited processes are swept and self-metrics refreshed.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Which processes the pipeline watches.
+pub enum Target {
+    /// Node mode: every process the selection (and the pod index) admits;
+    /// series and log lines carry each process's labels.
+    Node(Selection),
+    /// Standalone mode: the processes of exactly this binary (or only the
+    /// one given), with gmon's output unchanged (no per-process labels).
+    Binary {
+        bin: Arc<GoBinary>,
+        pid: Option<NonZeroU32>,
+    },
+}
+
+/// One probed binary and the processes running it.
+struct Bin {
+    /// Executable path as its first process saw it (for logs).
+    exe: String,
+    bin: Arc<GoBinary>,
+    att: Attachment,
+    pids: HashSet<u32>,
+    tracker: Tracker,
+    /// The tracker's stats as last added to the metrics.
+    reported: crate::model::Stats,
+    /// Standalone's binary: stays attached with no process running it.
+    pinned: bool,
+}
+
+struct ProcEntry {
+    bin: BinaryId,
+    key: Option<ProcessKey>,
+    /// Its labels as the tracker has them.
+    labels: Arc<ProcLabels>,
+}
+
+/// Where the trackers' results go.
+struct Sinks {
+    log: GmonLog<BufWriter<std::io::Stdout>>,
+    prom: PromSink,
+    otlp: Option<OtlpSink>,
+}
+
+impl Sinks {
+    fn fanout(&mut self) -> Fanout<'_> {
+        let mut v: Vec<&mut dyn Sink> = vec![&mut self.log, &mut self.prom];
+        if let Some(o) = &mut self.otlp {
+            v.push(o);
+        }
+        Fanout(v)
+    }
+}
+
+pub struct Pipeline {
+    probes: Probes,
+    cache: Cache,
+    target: Target,
+    depth: usize,
+    metrics: Arc<Metrics>,
+    sinks: Sinks,
+    /// The exporter's outcome counters, and what was last reported.
+    otlp_stats: Option<(Arc<crate::export::otlp::ExportStats>, OtlpCounts)>,
+    own_pid: u32,
+    own_exe: Option<BinaryId>,
+    bins: HashMap<BinaryId, Bin>,
+    procs: HashMap<u32, ProcEntry>,
+    /// Processes decided against (selection, pod): their binary's probes
+    /// may still fire for them, and their events are dropped (counted).
+    /// The flag marks decisions made on pod metadata, which can change.
+    ignored: HashMap<u32, (Option<ProcessKey>, bool)>,
+    kube: Option<Kube>,
+    /// Binaries not to look at again (not Go, too old, failed), by file.
+    skipped: HashMap<BinaryId, procs::Skip>,
+    /// Processes found dead by housekeeping, removed after the next drain
+    /// (which holds the last events they sent).
+    dead: Vec<u32>,
+}
+
+impl Pipeline {
+    /// A standalone target's binary is attached here, so that a bad binary
+    /// or a refused attach fails before anything runs.
+    pub fn new(
+        mut probes: Probes,
+        target: Target,
+        depth: usize,
+        metrics: Arc<Metrics>,
+        log: GmonLog<BufWriter<std::io::Stdout>>,
+        otlp: Option<&Otlp>,
+        kube: Option<Kube>,
+    ) -> Result<Self, probes::Error> {
+        let otlp_sink = match &target {
+            Target::Node(_) => otlp.map(|o| o.sink("unknown", None)),
+            Target::Binary { bin, .. } => otlp.map(|o| {
+                o.sink(
+                    &bin.build.version_string,
+                    Some(bin.path.display().to_string()),
+                )
+            }),
+        };
+        let mut bins = HashMap::new();
+        if let Target::Binary { bin, pid } = &target {
+            let att = {
+                let _span = tracing::debug_span!("attach").entered();
+                probes.attach(bin, *pid)?
+            };
+            metrics.discovery.go_binaries_found.inc();
+            bins.insert(
+                bin.id,
+                Bin {
+                    exe: bin.path.display().to_string(),
+                    bin: bin.clone(),
+                    att,
+                    pids: HashSet::new(),
+                    tracker: Tracker::new(bin.clone(), depth),
+                    reported: Default::default(),
+                    pinned: true,
+                },
+            );
+        }
+        let p = Pipeline {
+            probes,
+            cache: Cache::default(),
+            target,
+            depth,
+            sinks: Sinks {
+                log,
+                prom: PromSink::new(metrics.clone()),
+                otlp: otlp_sink,
+            },
+            otlp_stats: otlp.map(|o| (o.stats.clone(), OtlpCounts::default())),
+            metrics,
+            own_pid: std::process::id(),
+            own_exe: BinaryId::of("/proc/self/exe".as_ref()).ok(),
+            bins,
+            procs: HashMap::new(),
+            ignored: HashMap::new(),
+            kube,
+            skipped: HashMap::new(),
+            dead: Vec::new(),
+        };
+        p.refresh_gauges();
+        Ok(p)
+    }
+
+    /// Runs until `stop`, then drains what is left and detaches everything.
+    pub fn run(&mut self, maps: Maps, stop: &AtomicBool) {
+        let Maps {
+            mut events,
+            procs: mut proc_events,
+            mut stacks,
+            mut counters,
+        } = maps;
+        // Processes already running; from here on the tracepoints report
+        // new ones (those that exec during the scan are seen twice, which
+        // `start` tolerates).
+        let scan_start = Instant::now();
+        let pids: Vec<u32> = procfs::process::all_processes()
+            .map(|it| it.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect())
+            .unwrap_or_default();
+        for pid in pids {
+            self.start(pid, None, &mut stacks);
+        }
+        match &self.target {
+            Target::Binary { bin, .. } => {
+                let b = &self.bins[&bin.id];
+                tracing::info!(
+                    path = %bin.path.display(),
+                    go = %bin.build.version_string,
+                    offsets = %bin.offsets_source,
+                    uprobes = b.att.uprobes(),
+                    processes = b.pids.len(),
+                    "attached"
+                );
+            }
+            Target::Node(_) => tracing::info!(
+                processes = self.procs.len(),
+                binaries = self.bins.len(),
+                took_ms = scan_start.elapsed().as_millis() as u64,
+                "initial scan done"
+            ),
+        }
+        self.refresh_gauges();
+        let mut last_housekeeping = Instant::now();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            if !stopping {
+                wait_either(events.fd(), proc_events.as_raw_fd(), DRAIN_INTERVAL);
+            }
+            // Order matters: execs first, so goroutine events find their
+            // process; exits last, after the goroutine events that process
+            // sent before exiting (all in the buffer by the time we read it).
+            let mut batch_procs = Vec::new();
+            proc_events.drain(|ev| batch_procs.push(ev));
+            for ev in batch_procs.iter().filter(|e| e.kind == PROC_EXEC) {
+                self.start(ev.pid, Some(ev.ktime_ns), &mut stacks);
+            }
+            {
+                let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
+                let mut batch = Vec::new();
+                let mut malformed = 0;
+                events.drain(|ev| match ev {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => malformed += 1,
+                });
+                span.record("events", batch.len());
+                self.metrics.malformed(malformed);
+                for ev in &batch {
+                    self.on_event(ev, &mut stacks);
+                }
+            }
+            for ev in batch_procs.iter().filter(|e| e.kind == PROC_EXIT) {
+                self.exited(ev.pid, &mut stacks);
+            }
+            for pid in std::mem::take(&mut self.dead) {
+                self.exited(pid, &mut stacks);
+            }
+            self.sinks.log.flush();
+            if stopping || last_housekeeping.elapsed() >= HOUSEKEEPING_INTERVAL {
+                last_housekeeping = Instant::now();
+                let _span = tracing::trace_span!("housekeeping").entered();
+                self.housekeeping(&mut stacks);
+                self.metrics.add_kernel(&counters.deltas());
+            }
+            if stopping {
+                break;
+            }
+        }
+        // Detach everything before the programs are unloaded.
+        for (_, b) in self.bins.drain() {
+            self.probes.detach(b.att);
+        }
+    }
+
+    fn on_event(&mut self, ev: &GoroutineEvent, stacks: &mut probes::KernelStacks) {
+        self.metrics.received(ev.kind == EVENT_CREATE);
+        if self.ignored.contains_key(&ev.pid) {
+            self.metrics.discovery.ignored_process_events.inc();
+            return;
+        }
+        if !self.procs.contains_key(&ev.pid) {
+            // A process of an attached binary can hit its probes before
+            // its exec event is read.
+            match &self.target {
+                // Only processes running the binary hit its probes: no need
+                // to ask /proc, where a short-lived one may be gone already.
+                Target::Binary { bin, .. } => {
+                    let id = bin.id;
+                    self.admit(ev.pid, id);
+                }
+                Target::Node(_) => self.start(ev.pid, None, stacks),
+            }
+        }
+        let Some(bin) = self
+            .procs
+            .get(&ev.pid)
+            .and_then(|p| self.bins.get_mut(&p.bin))
+        else {
+            self.metrics.discovery.unknown_process_events.inc();
+            return;
+        };
+        bin.tracker.on_event(ev, stacks, &mut self.sinks.fanout());
+    }
+
+    fn housekeeping(&mut self, stacks: &mut probes::KernelStacks) {
+        self.relabel(stacks);
+        // Exit events can be lost (ring buffer full): also check liveness.
+        // The dead go after the next drain, which holds their last events.
+        self.dead = self
+            .procs
+            .iter()
+            .filter(|(_, p)| !p.key.is_some_and(|k| k.alive()))
+            .map(|(&pid, _)| pid)
+            .collect();
+        self.ignored
+            .retain(|_, (key, _)| key.is_some_and(|k| k.alive()));
+        for b in self.bins.values_mut() {
+            b.tracker.sweep(stacks, &mut self.sinks.fanout());
+            self.metrics.add_stats(&b.reported, &b.tracker.stats);
+            b.reported = b.tracker.stats;
+        }
+        if let (Some((stats, last)), Some(sink)) = (&mut self.otlp_stats, &self.sinks.otlp) {
+            self.metrics.add_otlp(last, OtlpCounts::now(stats, sink));
+        }
+        self.metrics
+            .add_log_write_errors(self.sinks.log.take_write_errors());
+        self.refresh_gauges();
+    }
+
+    fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.goroutines_tracked
+            .set(self.bins.values().map(|b| b.tracker.live() as i64).sum());
+        m.processes_tracked.set(self.procs.len() as i64);
+        m.discovery.binaries_attached.set(self.bins.len() as i64);
+        m.uprobes_attached
+            .set(self.bins.values().map(|b| b.att.uprobes() as i64).sum());
+    }
+}
+
+/// Waits until either ring buffer has data or `timeout` passes.
+fn wait_either(a: i32, b: i32, timeout: Duration) {
+    let mut fds = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfds; errors just end the wait early.
+    unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
+}
