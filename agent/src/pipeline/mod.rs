@@ -15,18 +15,17 @@ pub use pods::Kube;
 use crate::{
     discover::{ProcessKey, select::Selection},
     export::{
-        Fanout,
         logfmt::GmonLog,
         otlp::{Otlp, OtlpCounts, OtlpSink},
         prometheus::{Metrics, PromSink},
     },
     gobin::{BinaryId, Cache, GoBinary},
-    model::{ProcLabels, Sink, Tracker},
+    model::{Goroutine, ProcLabels, Sink, Tracker},
     probes::{self, Attachment, Maps, Probes},
 };
 use agent_common::{EVENT_CREATE, GoroutineEvent, PROC_EXEC, PROC_EXIT};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::{
-    collections::{HashMap, HashSet},
     io::BufWriter,
     num::NonZeroU32,
     os::fd::AsRawFd,
@@ -76,20 +75,42 @@ struct ProcEntry {
     labels: Arc<ProcLabels>,
 }
 
-/// Where the trackers' results go.
+/// Where the trackers' results go: every update to each sink in turn
+/// (no allocation per event: the hot path goes through here).
 struct Sinks {
     log: GmonLog<BufWriter<std::io::Stdout>>,
     prom: PromSink,
     otlp: Option<OtlpSink>,
 }
 
-impl Sinks {
-    fn fanout(&mut self) -> Fanout<'_> {
-        let mut v: Vec<&mut dyn Sink> = vec![&mut self.log, &mut self.prom];
+impl Sink for Sinks {
+    fn created(&mut self, g: &Goroutine) {
+        self.log.created(g);
+        self.prom.created(g);
         if let Some(o) = &mut self.otlp {
-            v.push(o);
+            o.created(g);
         }
-        Fanout(v)
+    }
+    fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
+        self.log.exited(g, exited_ns);
+        self.prom.exited(g, exited_ns);
+        if let Some(o) = &mut self.otlp {
+            o.exited(g, exited_ns);
+        }
+    }
+    fn site_gone(&mut self, site_id: u64) {
+        self.log.site_gone(site_id);
+        self.prom.site_gone(site_id);
+        if let Some(o) = &mut self.otlp {
+            o.site_gone(site_id);
+        }
+    }
+    fn process_gone(&mut self, pid: u32) {
+        self.log.process_gone(pid);
+        self.prom.process_gone(pid);
+        if let Some(o) = &mut self.otlp {
+            o.process_gone(pid);
+        }
     }
 }
 
@@ -139,7 +160,7 @@ impl Pipeline {
                 )
             }),
         };
-        let mut bins = HashMap::new();
+        let mut bins = HashMap::default();
         if let Target::Binary { bin, pid } = &target {
             let att = {
                 let _span = tracing::debug_span!("attach").entered();
@@ -152,14 +173,16 @@ impl Pipeline {
                     exe: bin.path.display().to_string(),
                     bin: bin.clone(),
                     att,
-                    pids: HashSet::new(),
+                    pids: HashSet::default(),
                     tracker: Tracker::new(bin.clone(), depth),
                     reported: Default::default(),
                     pinned: true,
                 },
             );
         }
-        let p = Pipeline {
+        // The gauges are published by `run`, once the initial scan is done:
+        // a reader that sees uprobes attached also sees the processes.
+        Ok(Pipeline {
             probes,
             cache: Cache::default(),
             target,
@@ -174,14 +197,12 @@ impl Pipeline {
             own_pid: std::process::id(),
             own_exe: BinaryId::of("/proc/self/exe".as_ref()).ok(),
             bins,
-            procs: HashMap::new(),
-            ignored: HashMap::new(),
+            procs: HashMap::default(),
+            ignored: HashMap::default(),
             kube,
-            skipped: HashMap::new(),
+            skipped: HashMap::default(),
             dead: Vec::new(),
-        };
-        p.refresh_gauges();
-        Ok(p)
+        })
     }
 
     /// Runs until `stop`, then drains what is left and detaches everything.
@@ -237,18 +258,16 @@ impl Pipeline {
                 self.start(ev.pid, Some(ev.ktime_ns), &mut stacks);
             }
             {
+                // Each event goes straight from the ring buffer to its
+                // tracker: no copy, no allocation per event.
                 let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
-                let mut batch = Vec::new();
                 let mut malformed = 0;
-                events.drain(|ev| match ev {
-                    Ok(ev) => batch.push(ev),
+                let n = events.drain(|ev| match ev {
+                    Ok(ev) => self.on_event(&ev, &mut stacks),
                     Err(_) => malformed += 1,
                 });
-                span.record("events", batch.len());
+                span.record("events", n);
                 self.metrics.malformed(malformed);
-                for ev in &batch {
-                    self.on_event(ev, &mut stacks);
-                }
             }
             for ev in batch_procs.iter().filter(|e| e.kind == PROC_EXIT) {
                 self.exited(ev.pid, &mut stacks);
@@ -273,34 +292,42 @@ impl Pipeline {
         }
     }
 
+    /// The hot path: one lookup for the process, one for its binary. A pid
+    /// is either tracked or ignored, never both, so the ignored set and the
+    /// admission of new processes are only consulted for unknown pids.
     fn on_event(&mut self, ev: &GoroutineEvent, stacks: &mut probes::KernelStacks) {
         self.metrics.received(ev.kind == EVENT_CREATE);
-        if self.ignored.contains_key(&ev.pid) {
-            self.metrics.discovery.ignored_process_events.inc();
-            return;
-        }
-        if !self.procs.contains_key(&ev.pid) {
-            // A process of an attached binary can hit its probes before
-            // its exec event is read.
-            match &self.target {
-                // Only processes running the binary hit its probes: no need
-                // to ask /proc, where a short-lived one may be gone already.
-                Target::Binary { bin, .. } => {
-                    let id = bin.id;
-                    self.admit(ev.pid, id);
+        let id = match self.procs.get(&ev.pid) {
+            Some(p) => p.bin,
+            None => {
+                if self.ignored.contains_key(&ev.pid) {
+                    self.metrics.discovery.ignored_process_events.inc();
+                    return;
                 }
-                Target::Node(_) => self.start(ev.pid, None, stacks),
+                // A process of an attached binary can hit its probes before
+                // its exec event is read.
+                match &self.target {
+                    // Only processes running the binary hit its probes: no
+                    // need to ask /proc, where a short-lived one may be gone.
+                    Target::Binary { bin, .. } => {
+                        let id = bin.id;
+                        self.admit(ev.pid, id);
+                    }
+                    Target::Node(_) => self.start(ev.pid, None, stacks),
+                }
+                match self.procs.get(&ev.pid) {
+                    Some(p) => p.bin,
+                    None => {
+                        self.metrics.discovery.unknown_process_events.inc();
+                        return;
+                    }
+                }
             }
-        }
-        let Some(bin) = self
-            .procs
-            .get(&ev.pid)
-            .and_then(|p| self.bins.get_mut(&p.bin))
-        else {
-            self.metrics.discovery.unknown_process_events.inc();
-            return;
         };
-        bin.tracker.on_event(ev, stacks, &mut self.sinks.fanout());
+        match self.bins.get_mut(&id) {
+            Some(b) => b.tracker.on_event(ev, stacks, &mut self.sinks),
+            None => self.metrics.discovery.unknown_process_events.inc(),
+        }
     }
 
     fn housekeeping(&mut self, stacks: &mut probes::KernelStacks) {
@@ -316,7 +343,7 @@ impl Pipeline {
         self.ignored
             .retain(|_, (key, _)| key.is_some_and(|k| k.alive()));
         for b in self.bins.values_mut() {
-            b.tracker.sweep(stacks, &mut self.sinks.fanout());
+            b.tracker.sweep(stacks, &mut self.sinks);
             self.metrics.add_stats(&b.reported, &b.tracker.stats);
             b.reported = b.tracker.stats;
         }

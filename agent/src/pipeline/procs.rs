@@ -14,7 +14,8 @@ use crate::{
     model::{ProcLabels, Tracker},
     probes::KernelStacks,
 };
-use std::{collections::HashSet, sync::Arc, time::Instant};
+use rustc_hash::FxHashSet as HashSet;
+use std::{sync::Arc, time::Instant};
 
 /// How many non-probed binaries to remember before starting afresh.
 const SKIPPED_MAX: usize = 16_384;
@@ -119,8 +120,11 @@ impl Pipeline {
                     .with_label_values(&[skip.label()])
                     .inc();
                 // A decision about the process, not its binary: remember
-                // it, or each of its events would ask again.
-                if matches!(skip, Skip::Rejected(_) | Skip::Pod(_)) {
+                // it, or each of its events would ask again. Standalone's
+                // probes fire only in its binary's processes, all admitted:
+                // nothing to remember (and nothing to re-check each second).
+                let node = matches!(self.target, Target::Node(_));
+                if node && matches!(skip, Skip::Rejected(_) | Skip::Pod(_)) {
                     let by_pod = matches!(skip, Skip::Pod(_));
                     self.ignored.insert(pid, (ProcessKey::of(pid), by_pod));
                 }
@@ -279,7 +283,7 @@ impl Pipeline {
                 exe: exe.to_owned(),
                 bin,
                 att,
-                pids: HashSet::new(),
+                pids: HashSet::default(),
                 tracker,
                 reported: Default::default(),
                 pinned: false,
@@ -299,8 +303,7 @@ impl Pipeline {
             return;
         };
         b.pids.remove(&pid);
-        b.tracker
-            .remove_process(pid, stacks, &mut self.sinks.fanout());
+        b.tracker.remove_process(pid, stacks, &mut self.sinks);
         if b.pids.is_empty() && !b.pinned {
             let b = self.bins.remove(&entry.bin).expect("present");
             tracing::info!(exe = %b.exe, "last process exited: detaching");

@@ -1,6 +1,8 @@
 //! The Prometheus endpoint: gmon's three families with gmon's names, types,
 //! help texts, labels and buckets, plus the agent's own health metrics
 //! (this file: the registry and the endpoint; `sink.rs` feeds the families).
+//! Over 400 lines on purpose: every self-metric is declared here, with its
+//! help text, so that what the agent exports can be read in one place.
 //!
 //! Unlike gmon, gmon_goroutine_uptime is observed exactly once per
 //! goroutine, when it exits (gmon re-observed every live goroutine every
