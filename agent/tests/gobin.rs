@@ -236,3 +236,52 @@ fn analysis_is_cached_per_device_inode_and_build_id() {
     assert_eq!(cache.release_unused(), 1);
     assert!(cache.is_empty());
 }
+
+/// The emulated probe sites are found, and verified, in every fixture shape
+/// (Go 1.23, 1.24, 1.26; stripped, PIE, cgo) and in the real binaries on
+/// this machine; the instruction at each is a direct call or jump, which
+/// the kernel emulates in the uprobe trap.
+#[test]
+fn finds_emulated_probe_sites_in_every_shape_and_real_binary() {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl};
+    let mut paths: Vec<std::path::PathBuf> = e2e::SPAWNER_SHAPES
+        .iter()
+        .map(|n| fixture(n))
+        .chain([fixture("httpserver"), fixture("churn")])
+        .collect();
+    for real in ["/usr/bin/kubectl", "/usr/local/bin/docker"] {
+        if std::path::Path::new(real).exists() {
+            paths.push(real.into());
+        }
+    }
+    for path in paths {
+        let bin = GoBinary::analyse(&path).unwrap();
+        let sites = bin
+            .emulated
+            .unwrap_or_else(|why| panic!("{}: {why}", path.display()));
+        let bytes = std::fs::read(&path).unwrap();
+        for (what, off) in [("create", sites.create), ("exit", sites.exit)] {
+            let insn = Decoder::new(64, &bytes[off as usize..], DecoderOptions::NONE).decode();
+            assert!(
+                matches!(
+                    insn.flow_control(),
+                    FlowControl::Call
+                        | FlowControl::ConditionalBranch
+                        | FlowControl::UnconditionalBranch
+                ),
+                "{}: {what} site at {off:#x} is {:?}",
+                path.display(),
+                insn.mnemonic()
+            );
+        }
+        // The exit site is goexit1's second instruction.
+        assert!(sites.exit > bin.goexit1 && sites.exit - bin.goexit1 <= 8);
+        eprintln!(
+            "{}: create {:#x} (RETs {:x?}), exit {:#x}",
+            path.display(),
+            sites.create,
+            bin.newproc1_rets,
+            sites.exit
+        );
+    }
+}

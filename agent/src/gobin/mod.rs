@@ -11,6 +11,7 @@ pub mod cache;
 pub mod dwarf;
 pub mod pclntab;
 pub mod ret;
+pub mod sites;
 pub mod table;
 
 use agent_common::GOffsets;
@@ -291,6 +292,15 @@ impl std::fmt::Debug for GoBinary {
     }
 }
 
+/// File offsets of the emulated probe sites of one binary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmulatedSites {
+    /// The first branch after newproc1 stores the new goid (new g in RAX).
+    pub create: u64,
+    /// goexit1's prologue jbe (exiting g in R14).
+    pub exit: u64,
+}
+
 /// Result of analysing one Go executable.
 pub struct GoBinary {
     pub path: PathBuf,
@@ -304,6 +314,9 @@ pub struct GoBinary {
     pub newproc1_rets: Vec<u64>,
     /// File offset of runtime.goexit1's entry.
     pub goexit1: u64,
+    /// Creation and exit sites whose instructions the kernel emulates (see
+    /// `sites`), where this binary's code has the expected shape; else why not.
+    pub emulated: Result<EmulatedSites, sites::Mismatch>,
     /// True for position-independent executables (ET_DYN).
     pub pie: bool,
     segments: Vec<Segment>,
@@ -397,6 +410,7 @@ impl GoBinary {
             offsets_source,
             newproc1_rets: Vec::new(),
             goexit1: 0,
+            emulated: Err("not analysed"),
             pie,
             segments,
             symbols,
@@ -412,6 +426,7 @@ impl GoBinary {
             .file_bytes(code_off, newproc1.end - newproc1.entry)
             .ok_or(Error::Unmapped(p(), newproc1.entry))?;
         let rets = ret::ret_addresses(code, newproc1.entry);
+        let create = sites::creation_site(code, newproc1.entry, bin.offsets.goid);
         if rets.is_empty() {
             return Err(Error::NoRet {
                 path: p(),
@@ -423,6 +438,18 @@ impl GoBinary {
             .map(|a| bin.file_offset(a))
             .collect::<Result<_, _>>()?;
         bin.goexit1 = bin.file_offset(goexit1.entry)?;
+        let exit_off = bin.file_offset(goexit1.entry)?;
+        let exit = bin
+            .file_bytes(exit_off, (goexit1.end - goexit1.entry).min(16))
+            .ok_or("goexit1 is not in the file")
+            .and_then(|c| sites::exit_site(c, goexit1.entry));
+        bin.emulated = match (create, exit) {
+            (Ok(c), Ok(e)) => Ok(EmulatedSites {
+                create: bin.file_offset(c)?,
+                exit: bin.file_offset(e)?,
+            }),
+            (Err(why), _) | (_, Err(why)) => Err(why),
+        };
         // Inline trees need the funcdata base; without it frames are the
         // physical functions only.
         if let Some(off) = gofunc.and_then(|g| bin.file_offset(g).ok()) {
