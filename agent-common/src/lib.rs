@@ -97,8 +97,16 @@ pub struct GOffsets {
     pub window_start: u32,
     /// Bytes it reads (at most `G_WINDOW`).
     pub window_len: u32,
+    /// `SITE_*` flags: where the probes of this binary sit.
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<GOffsets>() == 40);
+const _: () = assert!(core::mem::size_of::<GOffsets>() == 48);
+
+/// The creation probe sits inside newproc1's body (after the goid store),
+/// not on a RET: RBP is newproc1's own frame pointer, so the caller's
+/// return address is at [RBP+8] and the next frame pointer at [RBP].
+pub const SITE_CREATE_IN_BODY: u32 = 1;
 
 /// Largest span of runtime.g the creation probe reads at once.
 pub const G_WINDOW: usize = 512;
@@ -125,6 +133,8 @@ impl GOffsets {
             startpc,
             window_start: lo as u32,
             window_len: len as u32,
+            flags: 0,
+            _pad: 0,
         })
     }
 }

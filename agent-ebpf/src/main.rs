@@ -22,7 +22,7 @@
 use agent_common::{
     EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, MAX_BINARIES, MAX_STACK_DEPTH,
     NO_STACK, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
-    RINGBUF_WAKEUP_BYTES, STACK_MAP_ENTRIES, UserStack, counter,
+    RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES, UserStack, counter,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -190,7 +190,7 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     let pid = (pid_tgid >> 32) as u32;
     let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
     let stack = if depth > 0 {
-        creation_stack(ctx, sc, pid, depth)
+        creation_stack(ctx, sc, pid, depth, off.flags & SITE_CREATE_IN_BODY != 0)
     } else {
         NO_STACK
     };
@@ -240,30 +240,51 @@ fn load_window(sc: &mut Scratch, addr: u64) -> u64 {
     }
 }
 
-/// Walks the user stack at a RET of runtime.newproc1 and returns its key in
-/// `STACKS`, storing it there if new; `NO_STACK` if the map is full.
+/// Walks the user stack at the creation site in runtime.newproc1 and
+/// returns its key in `STACKS`, storing it there if new; `NO_STACK` if the
+/// map is full.
 ///
 /// At a RET, RIP is the RET itself, the caller's return address is at
-/// [RSP] and RBP already holds the caller's frame pointer, so the walk
-/// starts from there. Go keeps frame pointers on amd64 and chains them
-/// across systemstack, so [RBP] is the next frame pointer and [RBP+8] its
-/// return address; the outermost frame (runtime.goexit) saves 0.
+/// [RSP] and RBP already holds the caller's frame pointer. At a site in
+/// newproc1's body (`in_body`), RBP is still newproc1's frame pointer: the
+/// caller's return address is at [RBP+8] and its frame pointer at [RBP].
+/// Either way the walk then follows the chain: Go keeps frame pointers on
+/// amd64 and chains them across systemstack, so [RBP] is the next frame
+/// pointer and [RBP+8] its return address; the outermost frame
+/// (runtime.goexit) saves 0.
 #[inline(always)]
-fn creation_stack(ctx: &ProbeContext, sc: &mut Scratch, pid: u32, depth: u32) -> u64 {
+fn creation_stack(
+    ctx: &ProbeContext,
+    sc: &mut Scratch,
+    pid: u32,
+    depth: u32,
+    in_body: bool,
+) -> u64 {
     let regs = unsafe { &*ctx.regs };
     sc.stack.pid = pid;
     sc.stack.pcs[0] = regs.rip;
     let mut h = mix(pid as u64, regs.rip);
     let mut len = 1usize;
-    let mut base = regs.rsp;
+    let mut base = if in_body { regs.rbp } else { regs.rsp };
     let mut have = if depth > 1 { load_window(sc, base) } else { 0 };
-    if have >= 8 {
+    let mut fp = regs.rbp;
+    if in_body {
+        if have >= 16 {
+            let (next, ret) = unsafe {
+                let p = sc.window.as_ptr() as *const u64;
+                (*p, *p.add(1))
+            };
+            sc.stack.pcs[1] = ret;
+            h = mix(h, ret);
+            len = 2;
+            fp = next;
+        }
+    } else if have >= 8 {
         let ret = unsafe { *(sc.window.as_ptr() as *const u64) };
         sc.stack.pcs[1] = ret;
         h = mix(h, ret);
         len = 2;
     }
-    let mut fp = regs.rbp;
     for _ in 2..MAX_STACK_DEPTH {
         if len < 2 || len >= MAX_STACK_DEPTH || len as u32 >= depth || fp == 0 || fp & 7 != 0 {
             break;

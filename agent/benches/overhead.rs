@@ -3,7 +3,9 @@
 //! interleaved in one run so the ratios compare like with like:
 //!
 //! * untraced
-//! * floor: an empty program on the same uprobe sites (the bare trap cost)
+//! * old floor: an empty program on newproc1's RETs and goexit1's entry
+//!   (single-stepped sites: the bare trap cost every peer pays)
+//! * new floor: an empty program on the emulated sites the agent uses
 //! * gmon-agent: the real agent binary, stacks on, logging to /dev/null
 //! * with BASELINE_AGENT=path, another agent build the same way (before/after)
 //!
@@ -13,7 +15,10 @@
 //! Run: sudo cargo bench -p agent --bench overhead  (ROUNDS, N to change size)
 
 use e2e::{Proc, fixture, free_port, http_get, wait_for};
-use gmon_agent::{gobin::GoBinary, probes::Probes};
+use gmon_agent::{
+    gobin::GoBinary,
+    probes::{Probes, SiteClass, SitePolicy},
+};
 use std::{
     process::{Command, Stdio},
     time::Duration,
@@ -138,6 +143,7 @@ fn main() {
     let bin = GoBinary::analyse(&fixture("churn")).unwrap();
 
     let (mut untraced, mut floor, mut agent) = (Vec::new(), Vec::new(), Vec::new());
+    let mut new_floor = Vec::new();
     // BASELINE_AGENT=path: another gmon-agent build (e.g. before a change),
     // run interleaved with the same flags, for a before/after in one run.
     let baseline_bin = std::env::var("BASELINE_AGENT").ok();
@@ -158,9 +164,16 @@ fn main() {
 
         {
             let (mut probes, _maps) = Probes::load(0).unwrap();
+            probes.set_site_policy(SitePolicy::Ret);
             probes.attach_noop(&bin).unwrap();
             floor.push(churn(n, rounds));
             add(&mut noop_hits, prog_runs("noop"));
+        }
+        {
+            let (mut probes, _maps) = Probes::load(0).unwrap();
+            let att = probes.attach_noop(&bin).unwrap();
+            assert_eq!(att.class, SiteClass::Emulated, "churn has emulated sites");
+            new_floor.push(churn(n, rounds));
         }
 
         let r = run_agent(
@@ -189,6 +202,7 @@ fn main() {
         median(&mut floor),
         median(&mut agent),
     );
+    let nf = median(&mut new_floor);
     let goroutines = n as u64 * rounds as u64;
     println!(
         "overhead benchmark: {goroutines} goroutines x {reps} repetitions, GOMAXPROCS=2, medians"
@@ -198,14 +212,19 @@ fn main() {
         u = u / 1e3
     );
     println!(
-        "  floor (2 empty uprobes)  {f:8.2} us/goroutine",
+        "  old floor (empty, RET + entry)      {f:8.2} us/goroutine",
         f = f / 1e3
+    );
+    println!(
+        "  new floor (empty, emulated sites)   {nf:8.2} us/goroutine",
+        nf = nf / 1e3
     );
     println!(
         "  gmon-agent {agent_args:13} {g:8.2} us/goroutine",
         g = g / 1e3
     );
-    println!("  ratio gmon-agent / floor {:8.3}", g / f);
+    println!("  ratio gmon-agent / old floor {:8.3}", g / f);
+    println!("  ratio gmon-agent / new floor {:8.3}", g / nf);
     println!(
         "  agent CPU per 1M events  {:8.3} s ({} events)",
         agent_cpu_ns / 1e9 / (agent_events / 1e6),

@@ -115,6 +115,7 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
         Probes::load(depth)?
     };
     probes.watch_processes()?;
+    probes.set_site_policy(cli.probe_sites);
     let log = GmonLog::new(
         BufWriter::with_capacity(64 << 10, std::io::stdout()),
         cli.level,

@@ -41,6 +41,10 @@ pub struct Cli {
           value_parser = clap::value_parser!(u16).range(0..=127))]
     pub stack_depth: u16,
 
+    /// Probe sites: auto (instructions the kernel emulates, where the binary has them; else RETs) or ret (always newproc1's RETs and goexit1's entry)
+    #[arg(long, value_enum, default_value = "auto", value_name = "SITES")]
+    pub probe_sites: crate::probes::SitePolicy,
+
     /// Port serving the agent's own CPU and heap profiles at /debug/pprof/ (0 turns it off)
     #[arg(long, default_value_t = 0, value_name = "PORT")]
     pub pprof: u16,

@@ -5,7 +5,7 @@ use e2e::{Proc, fixture, loaded_bpf_programs, piped, require_root, wait_for};
 use gmon_agent::{
     gobin::GoBinary,
     model::{Goroutine, Sink, Tracker},
-    probes::{Maps, Probes},
+    probes::{Maps, Probes, SiteClass, SitePolicy},
 };
 use std::{
     collections::HashMap,
@@ -40,17 +40,37 @@ fn trace_spawner(
     rounds: u32,
     only_pid: bool,
 ) -> (Vec<(String, u64)>, Recorder, Tracker) {
+    trace_spawner_at(name, rounds, only_pid, SitePolicy::Auto)
+}
+
+/// Like `trace_spawner`, with the probes on the sites `policy` picks.
+fn trace_spawner_at(
+    name: &str,
+    rounds: u32,
+    only_pid: bool,
+    policy: SitePolicy,
+) -> (Vec<(String, u64)>, Recorder, Tracker) {
     let bin = Arc::new(GoBinary::analyse(&fixture(name)).unwrap());
     let mut sp = Proc::spawn(piped(&bin.path).arg(format!("-rounds={rounds}")));
     let mut lines = sp.stdout_lines();
     assert!(lines.next().unwrap().unwrap().starts_with("ready"));
 
     let (mut probes, maps) = Probes::load(127).unwrap();
+    probes.set_site_policy(policy);
     let pid = only_pid.then(|| NonZeroU32::new(sp.pid()).unwrap());
-    assert_eq!(
-        probes.attach(&bin, pid).unwrap().uprobes(),
-        bin.newproc1_rets.len() + 1
-    );
+    let att = probes.attach(&bin, pid).unwrap();
+    // Every fixture has the emulated sites: one creation and one exit probe.
+    match policy {
+        SitePolicy::Auto => assert_eq!(
+            (att.class, att.uprobes()),
+            (SiteClass::Emulated, 2),
+            "{name}"
+        ),
+        SitePolicy::Ret => assert_eq!(
+            (att.class, att.uprobes()),
+            (SiteClass::SingleStepped, bin.newproc1_rets.len() + 1)
+        ),
+    }
     let Maps {
         mut events,
         mut stacks,
@@ -191,6 +211,21 @@ fn stripped_pie_cgo_and_newer_go_binaries_are_traced_alike() {
         let (reported, rec, tracker) = trace_spawner(name, 3, false);
         assert_eq!(reported.len(), 12, "{name}");
         eprintln!("{name}: {} goroutines seen", rec.created.len());
+        check_seen(&reported, &rec, &tracker);
+    }
+}
+
+/// The fallback sites (newproc1's RETs, goexit1's entry), used where a
+/// binary's code does not have the expected shape, still trace exactly.
+#[test]
+fn the_ret_sites_trace_alike() {
+    if !require_root("attach test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for name in ["spawner", "spawner-go1.26-pie-stripped"] {
+        let (reported, rec, tracker) = trace_spawner_at(name, 3, false, SitePolicy::Ret);
+        assert_eq!(reported.len(), 12, "{name}");
         check_seen(&reported, &rec, &tracker);
     }
 }

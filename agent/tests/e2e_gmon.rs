@@ -65,6 +65,22 @@ fn http_fixture_like_gmons_e2e() {
     assert_eq!(value("gmon_agent_binaries_attached"), 1.0);
     assert_eq!(value("gmon_agent_processes_tracked"), 1.0);
     assert_eq!(value("gmon_agent_uprobes_attached"), 2.0);
+    // The binary's probes sit on instructions the kernel emulates.
+    let sites: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "gmon_agent_probe_sites")
+        .map(|s| {
+            (
+                s.labels.get("class").unwrap_or_default().to_owned(),
+                s.value.clone(),
+            )
+        })
+        .collect();
+    assert!(
+        matches!(&sites[..], [(c, prometheus_parse::Value::Gauge(v))] if c == "emulated" && *v == 1.0),
+        "{sites:?}"
+    );
     assert!(value("gmon_agent_processes_seen_total") >= 1.0);
     assert!(
         !scrape

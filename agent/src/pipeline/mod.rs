@@ -182,7 +182,7 @@ impl Pipeline {
         }
         // The gauges are published by `run`, once the initial scan is done:
         // a reader that sees uprobes attached also sees the processes.
-        Ok(Pipeline {
+        let p = Pipeline {
             probes,
             cache: Cache::default(),
             target,
@@ -202,7 +202,12 @@ impl Pipeline {
             kube,
             skipped: HashMap::default(),
             dead: Vec::new(),
-        })
+        };
+        if let Target::Binary { bin, .. } = &p.target {
+            let b = &p.bins[&bin.id];
+            p.sites_attached(&b.exe, &b.bin, &b.att);
+        }
+        Ok(p)
     }
 
     /// Runs until `stop`, then drains what is left and detaches everything.
@@ -231,6 +236,7 @@ impl Pipeline {
                     go = %bin.build.version_string,
                     offsets = %bin.offsets_source,
                     uprobes = b.att.uprobes(),
+                    sites = b.att.class.label(),
                     processes = b.pids.len(),
                     "attached"
                 );

@@ -12,7 +12,7 @@ use crate::{
     },
     gobin::{self, BinaryId},
     model::{ProcLabels, Tracker},
-    probes::KernelStacks,
+    probes::{Attachment, KernelStacks, SiteClass},
 };
 use rustc_hash::FxHashSet as HashSet;
 use std::{sync::Arc, time::Instant};
@@ -273,9 +273,11 @@ impl Pipeline {
             go = %bin.build.version_string,
             offsets = %bin.offsets_source,
             uprobes = att.uprobes(),
+            sites = att.class.label(),
             attach_ms = started.elapsed().as_millis() as u64,
             "attached"
         );
+        self.sites_attached(exe, &bin, &att);
         let tracker = Tracker::new(bin.clone(), self.depth);
         self.bins.insert(
             id,
@@ -310,11 +312,33 @@ impl Pipeline {
             // Its tracker goes with it: report what it counted since the
             // last housekeeping.
             self.metrics.add_stats(&b.reported, &b.tracker.stats);
+            let _ = self
+                .metrics
+                .probe_sites
+                .remove_label_values(&[&b.exe, b.att.class.label()]);
             self.probes.detach(b.att);
             drop(b.bin);
             self.cache.release_unused();
         }
         self.refresh_gauges();
+    }
+}
+
+impl Pipeline {
+    /// Exports the class of a newly probed binary's sites, and says why
+    /// when the cheap ones could not be used.
+    pub(super) fn sites_attached(&self, exe: &str, bin: &crate::gobin::GoBinary, att: &Attachment) {
+        self.metrics
+            .probe_sites
+            .with_label_values(&[exe, att.class.label()])
+            .inc();
+        if let (SiteClass::SingleStepped, Err(why)) = (att.class, &bin.emulated) {
+            tracing::info!(
+                exe,
+                reason = why,
+                "probing newproc1's RETs and goexit1's entry (single-stepped, about 20x the cost per goroutine)"
+            );
+        }
     }
 }
 

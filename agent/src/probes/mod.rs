@@ -8,7 +8,9 @@ mod ringbuf;
 pub use ringbuf::EventReader;
 
 use crate::gobin::GoBinary;
-use agent_common::{GOffsets, MAX_BINARIES, MAX_STACK_DEPTH, UserStack, counter};
+use agent_common::{
+    GOffsets, MAX_BINARIES, MAX_STACK_DEPTH, SITE_CREATE_IN_BODY, UserStack, counter,
+};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
@@ -69,6 +71,37 @@ pub struct Probes {
     next_cookie: u32,
     /// Cookies of detached binaries, reused before new ones.
     free_cookies: Vec<u32>,
+    policy: SitePolicy,
+}
+
+/// Which probe sites to use where a binary offers a choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SitePolicy {
+    /// Emulated sites where the binary's code has the expected shape,
+    /// else newproc1's RETs and goexit1's entry.
+    #[default]
+    Auto,
+    /// Always newproc1's RETs and goexit1's entry (single-stepped).
+    Ret,
+}
+
+/// How the kernel executes the instructions a binary's probes sit on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteClass {
+    /// call/jmp/jcc: emulated inside the uprobe trap (~0.2-0.4 us a hit here).
+    Emulated,
+    /// ret, cmp: single-stepped with a second trap (~8 us a hit here).
+    SingleStepped,
+}
+
+impl SiteClass {
+    /// The `class` label of gmon_agent_probe_sites.
+    pub fn label(self) -> &'static str {
+        match self {
+            SiteClass::Emulated => "emulated",
+            SiteClass::SingleStepped => "single_stepped",
+        }
+    }
 }
 
 /// The uprobes placed on one binary; give it back to `Probes::detach`.
@@ -76,6 +109,8 @@ pub struct Probes {
 pub struct Attachment {
     cookie: u32,
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// The kind of sites they sit on.
+    pub class: SiteClass,
 }
 
 impl Attachment {
@@ -157,6 +192,7 @@ impl Probes {
                 binaries,
                 next_cookie: 0,
                 free_cookies: Vec::new(),
+                policy: SitePolicy::Auto,
             },
             Maps {
                 events,
@@ -187,6 +223,11 @@ impl Probes {
         Ok(())
     }
 
+    /// Which sites later attachments use.
+    pub fn set_site_policy(&mut self, policy: SitePolicy) {
+        self.policy = policy;
+    }
+
     /// Attaches both probes to `bin`, for every process running it or only
     /// for `pid`. On failure nothing stays attached.
     pub fn attach(&mut self, bin: &GoBinary, pid: Option<NonZeroU32>) -> Result<Attachment, Error> {
@@ -204,8 +245,8 @@ impl Probes {
         self.attach_programs(bin, path, None, ["newproc1_ret", "goexit1"])
     }
 
-    /// Attaches an empty program at the same sites: the bare trap cost,
-    /// which the overhead benchmark compares the real probes against.
+    /// Attaches an empty program at the sites the policy picks: the bare
+    /// trap cost, which the overhead benchmark compares the probes against.
     pub fn attach_noop(&mut self, bin: &GoBinary) -> Result<Attachment, Error> {
         self.attach_programs(bin, &bin.path, None, ["noop", "noop"])
     }
@@ -240,11 +281,32 @@ impl Probes {
             }
             None => return Err(Error::TooManyBinaries),
         };
+        // Emulated sites where the binary has them (and the policy allows);
+        // the program learns which from the binary's flags.
+        let (class, create_sites, exit_site, flags) = match (self.policy, &bin.emulated) {
+            (SitePolicy::Auto, Ok(s)) => (
+                SiteClass::Emulated,
+                vec![s.create],
+                s.exit,
+                SITE_CREATE_IN_BODY,
+            ),
+            _ => (
+                SiteClass::SingleStepped,
+                bin.newproc1_rets.clone(),
+                bin.goexit1,
+                0,
+            ),
+        };
         let mut att = Attachment {
             cookie,
             links: Vec::new(),
+            class,
         };
-        if let Err(e) = self.binaries.set(cookie, bin.offsets, 0) {
+        let offsets = GOffsets {
+            flags,
+            ..bin.offsets
+        };
+        if let Err(e) = self.binaries.set(cookie, offsets, 0) {
             self.free_cookies.push(cookie);
             return Err(Error::Map("BINARIES", e.to_string()));
         }
@@ -252,11 +314,10 @@ impl Probes {
             Some(pid) => UProbeScope::OneProcess(pid),
             None => UProbeScope::AllProcesses,
         };
-        let sites = bin
-            .newproc1_rets
-            .iter()
-            .map(|&o| (create, o))
-            .chain(std::iter::once((exit, bin.goexit1)));
+        let sites = create_sites
+            .into_iter()
+            .map(|o| (create, o))
+            .chain(std::iter::once((exit, exit_site)));
         for (program, offset) in sites {
             let placed = self
                 .ebpf

@@ -15,8 +15,8 @@ pub use sink::PromSink;
 use crate::model::{STACK_LABELS, Stats};
 use agent_common::counter;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::{net::SocketAddr, sync::Arc};
 
@@ -54,6 +54,8 @@ pub struct Metrics {
     pub goroutines_tracked: IntGauge,
     pub processes_tracked: IntGauge,
     pub uprobes_attached: IntGauge,
+    /// 1 per probed binary, labelled with the class of its probe sites.
+    pub probe_sites: IntGaugeVec,
     /// Node mode: the gmon families also carry NODE_LABELS.
     node: bool,
     /// Node mode with Kubernetes metadata: attribute keys whose values
@@ -254,6 +256,17 @@ impl Metrics {
                 "gmon_agent_uprobes_attached",
                 "Uprobes currently attached",
             )?,
+            probe_sites: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "gmon_agent_probe_sites",
+                        "Probed binaries by the class of their probe sites (emulated: cheap traps; single_stepped: about 20x the cost)",
+                    ),
+                    &["binary", "class"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             node,
             k8s_keys,
             otlp_exports: counter_vec(
