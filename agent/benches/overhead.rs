@@ -170,6 +170,31 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// What the runs of one agent mode add up to.
+#[derive(Default)]
+struct Totals {
+    ns: Vec<f64>,
+    rss_kib: Vec<f64>,
+    cpu_ns: f64,
+    events: f64,
+    lost: f64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &AgentRun) {
+        self.ns.push(r.ns);
+        self.rss_kib.push(r.rss_kib);
+        self.cpu_ns += r.cpu_ns;
+        self.events += r.events;
+        self.lost += r.lost;
+    }
+
+    /// Agent CPU seconds per million goroutines (a creation and an exit each).
+    fn cpu_per_million(&self) -> f64 {
+        self.cpu_ns / 1e9 / (self.events / 2e6)
+    }
+}
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -181,18 +206,18 @@ fn main() {
     let reps = env_or("REPS", 5);
     // Extra agent flags, e.g. AGENT_ARGS="--stack-depth 0" to see what stacks cost.
     let agent_args = std::env::var("AGENT_ARGS").unwrap_or_default();
-    let bin = GoBinary::analyse(&fixture("churn")).unwrap();
-
-    let (mut untraced, mut floor, mut agent) = (Vec::new(), Vec::new(), Vec::new());
-    let mut new_floor = Vec::new();
-    let (mut quiet, mut bpftrace, mut agent_rss) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut quiet_cpu_ns, mut quiet_events) = (0.0, 0.0);
+    // No per-goroutine output: no log lines, no stacks.
+    let quiet_args = "--level WARN --stack-depth 0";
     // BASELINE_AGENT=path: another gmon-agent build (e.g. before a change),
     // run interleaved with the same flags, for a before/after in one run.
     let baseline_bin = std::env::var("BASELINE_AGENT").ok();
-    let mut baseline = Vec::new();
-    let (mut baseline_cpu_ns, mut baseline_events, mut baseline_lost) = (0.0, 0.0, 0.0);
-    let (mut agent_cpu_ns, mut agent_events, mut lost) = (0.0, 0.0, 0.0);
+    let bin = GoBinary::analyse(&fixture("churn")).unwrap();
+    let exe = env!("CARGO_BIN_EXE_gmon-agent");
+
+    let (mut untraced, mut floor, mut new_floor, mut bpftrace) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut agent, mut quiet, mut baseline) =
+        (Totals::default(), Totals::default(), Totals::default());
     // In-kernel time per probe hit, from the kernel's BPF run-time statistics
     // (enabled while this fd is open; they add ~20 ns per hit to all modes).
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
@@ -204,7 +229,6 @@ fn main() {
     churn(n / 10, 1); // warm up page cache and CPU frequency
     for _ in 0..reps {
         untraced.push(churn(n, rounds));
-
         {
             let (mut probes, _maps) = Probes::load(0).unwrap();
             probes.set_site_policy(SitePolicy::Ret);
@@ -218,126 +242,79 @@ fn main() {
             assert_eq!(att.class, SiteClass::Emulated, "churn has emulated sites");
             new_floor.push(churn(n, rounds));
         }
-
-        let r = run_agent(
-            env!("CARGO_BIN_EXE_gmon-agent"),
-            &bin,
-            &agent_args,
-            n,
-            rounds,
-        );
-        agent.push(r.ns);
-        agent_cpu_ns += r.cpu_ns;
-        agent_events += r.events;
-        lost += r.lost;
+        let r = run_agent(exe, &bin, &agent_args, n, rounds);
         add(&mut create_hits, r.create_hits);
         add(&mut exit_hits, r.exit_hits);
-        agent_rss.push(r.rss_kib);
-        // No per-goroutine output: no log lines, no stacks.
-        let q = run_agent(
-            env!("CARGO_BIN_EXE_gmon-agent"),
-            &bin,
-            "--level WARN --stack-depth 0",
-            n,
-            rounds,
-        );
-        quiet.push(q.ns);
-        quiet_cpu_ns += q.cpu_ns;
-        quiet_events += q.events;
-        lost += q.lost;
+        agent.add(&r);
+        quiet.add(&run_agent(exe, &bin, quiet_args, n, rounds));
         if let Some(ns) = bpftrace_run(&bin, n, rounds) {
             bpftrace.push(ns);
         }
         if let Some(b) = &baseline_bin {
-            let r = run_agent(b, &bin, &agent_args, n, rounds);
-            baseline.push(r.ns);
-            baseline_cpu_ns += r.cpu_ns;
-            baseline_events += r.events;
-            baseline_lost += r.lost;
+            baseline.add(&run_agent(b, &bin, &agent_args, n, rounds));
         }
     }
-    let (u, f, g) = (
-        median(&mut untraced),
-        median(&mut floor),
-        median(&mut agent),
-    );
-    let nf = median(&mut new_floor);
+
+    let us = |v: &mut Vec<f64>| median(v) / 1e3;
+    let (u, f, nf) = (us(&mut untraced), us(&mut floor), us(&mut new_floor));
+    let (g, q) = (us(&mut agent.ns), us(&mut quiet.ns));
     let goroutines = n as u64 * rounds as u64;
     println!(
-        "overhead benchmark: {goroutines} goroutines x {reps} repetitions, GOMAXPROCS=2, medians"
+        "overhead benchmark: {goroutines} goroutines x {reps} repetitions, GOMAXPROCS=2, medians, us per goroutine"
     );
-    println!(
-        "  untraced                 {u:8.2} us/goroutine",
-        u = u / 1e3
-    );
-    println!(
-        "  old floor (empty, RET + entry)      {f:8.2} us/goroutine",
-        f = f / 1e3
-    );
-    println!(
-        "  new floor (empty, emulated sites)   {nf:8.2} us/goroutine",
-        nf = nf / 1e3
-    );
-    println!(
-        "  gmon-agent {agent_args:13} {g:8.2} us/goroutine",
-        g = g / 1e3
-    );
-    let q = median(&mut quiet);
-    println!(
-        "  gmon-agent --level WARN --stack-depth 0 {:8.2} us/goroutine",
-        q / 1e3
-    );
+    println!("  untraced                               {u:8.2}");
+    println!("  old floor (empty, RET + entry)         {f:8.2}");
+    println!("  new floor (empty, emulated sites)      {nf:8.2}");
+    println!("  gmon-agent {agent_args:27} {g:8.2}");
+    println!("  gmon-agent {quiet_args:27} {q:8.2}");
     if bpftrace.is_empty() {
-        println!("  bpftrace                 (not installed or could not attach)");
+        println!("  bpftrace one-liner                     (not installed or could not attach)");
     } else {
         println!(
-            "  bpftrace one-liner       {:8.2} us/goroutine (uprobes on newproc1 and goexit1, count by 5-frame ustack)",
-            median(&mut bpftrace) / 1e3
+            "  bpftrace one-liner                     {:8.2} (uprobes on newproc1 and goexit1, count by 5-frame ustack)",
+            us(&mut bpftrace)
         );
     }
-    println!("  ratio gmon-agent / old floor {:8.3}", g / f);
+    let bl = baseline_bin.as_ref().map(|_| us(&mut baseline.ns));
+    if let (Some(b), Some(bl)) = (&baseline_bin, bl) {
+        println!("  baseline agent {agent_args:23} {bl:8.2} ({b})");
+    }
+    println!("ratios");
     println!(
-        "  ratio quiet agent / old floor {:8.3}, / new floor {:8.3}",
+        "  gmon-agent / old floor {:8.3}, / new floor {:8.3}",
+        g / f,
+        g / nf
+    );
+    println!(
+        "  quiet agent / old floor {:8.3}, / new floor {:8.3}",
         q / f,
         q / nf
     );
-    println!(
-        "  quiet agent CPU per 1M goroutines {:8.3} s",
-        quiet_cpu_ns / 1e9 / (quiet_events / 2e6)
-    );
-    println!(
-        "  gmon-agent CPU per 1M goroutines  {:8.3} s",
-        agent_cpu_ns / 1e9 / (agent_events / 2e6)
-    );
-    println!(
-        "  agent RSS at the end     {:8.1} MiB (median)",
-        median(&mut agent_rss) / 1024.0
-    );
-    println!("  ratio gmon-agent / new floor {:8.3}", g / nf);
-    println!(
-        "  agent CPU per 1M events  {:8.3} s ({} events)",
-        agent_cpu_ns / 1e9 / (agent_events / 1e6),
-        agent_events
-    );
-    println!("  events lost              {lost}");
-    if let Some(b) = &baseline_bin {
-        let bl = median(&mut baseline);
+    if let Some(bl) = bl {
         println!(
-            "  baseline agent           {:8.2} us/goroutine ({b})",
-            bl / 1e3
+            "  gmon-agent / baseline  {:8.3}, baseline / old floor {:8.3}",
+            g / bl,
+            bl / f
         );
-        println!("  ratio baseline / floor   {:8.3}", bl / f);
-        println!("  ratio agent / baseline   {:8.3}", g / bl);
+    }
+    println!("agent CPU per 1M goroutines, events lost, RSS at the end (median)");
+    let modes = [("gmon-agent", &mut agent), ("quiet agent", &mut quiet)];
+    for (name, t) in modes.into_iter().chain(
+        baseline_bin
+            .as_ref()
+            .map(|_| ("baseline agent", &mut baseline)),
+    ) {
         println!(
-            "  baseline CPU per 1M events {:6.3} s ({} events, {} lost)",
-            baseline_cpu_ns / 1e9 / (baseline_events / 1e6),
-            baseline_events,
-            baseline_lost
+            "  {name:15} {:8.3} s, {} lost ({} events), {:6.1} MiB",
+            t.cpu_per_million(),
+            t.lost,
+            t.events,
+            median(&mut t.rss_kib) / 1024.0
         );
     }
     let per_hit = |(c, t): (f64, f64)| if c > 0.0 { t / c } else { f64::NAN };
     println!(
-        "  in-kernel ns per probe hit: empty {:.0}, creation {:.0}, exit {:.0}",
+        "in-kernel ns per probe hit: empty {:.0}, creation {:.0}, exit {:.0}",
         per_hit(noop_hits),
         per_hit(create_hits),
         per_hit(exit_hits)

@@ -68,6 +68,20 @@ struct Bin {
     pinned: bool,
 }
 
+impl Bin {
+    fn new(exe: String, bin: Arc<GoBinary>, att: Attachment, depth: usize, pinned: bool) -> Self {
+        Bin {
+            exe,
+            tracker: Tracker::new(bin.clone(), depth),
+            bin,
+            att,
+            pids: HashSet::default(),
+            reported: Default::default(),
+            pinned,
+        }
+    }
+}
+
 struct ProcEntry {
     bin: BinaryId,
     key: Option<ProcessKey>,
@@ -167,18 +181,8 @@ impl Pipeline {
                 probes.attach(bin, *pid)?
             };
             metrics.discovery.go_binaries_found.inc();
-            bins.insert(
-                bin.id,
-                Bin {
-                    exe: bin.path.display().to_string(),
-                    bin: bin.clone(),
-                    att,
-                    pids: HashSet::default(),
-                    tracker: Tracker::new(bin.clone(), depth),
-                    reported: Default::default(),
-                    pinned: true,
-                },
-            );
+            let exe = bin.path.display().to_string();
+            bins.insert(bin.id, Bin::new(exe, bin.clone(), att, depth, true));
         }
         // The gauges are published by `run`, once the initial scan is done:
         // a reader that sees uprobes attached also sees the processes.

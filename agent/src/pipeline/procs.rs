@@ -11,10 +11,9 @@ use crate::{
         select::Rejection,
     },
     gobin::{self, BinaryId},
-    model::{ProcLabels, Tracker},
+    model::ProcLabels,
     probes::{Attachment, KernelStacks, SiteClass},
 };
-use rustc_hash::FxHashSet as HashSet;
 use std::{sync::Arc, time::Instant};
 
 /// How many non-probed binaries to remember before starting afresh.
@@ -73,27 +72,7 @@ impl Pipeline {
         match self.classify(pid) {
             Ok((id, exe, container)) => {
                 let k8s = self.pod_of(&container);
-                let node = matches!(self.target, Target::Node(_));
-                let b = self.bins.get_mut(&id).expect("classify attached it");
-                b.pids.insert(pid);
-                let labels = Arc::new(ProcLabels {
-                    pid,
-                    runtime_version: b.bin.build.version_string.clone(),
-                    binary: exe,
-                    container_id: container.id,
-                    pod_uid: container.pod_uid,
-                    k8s,
-                });
-                // Standalone output is gmon's: no per-process labels.
-                if node {
-                    b.tracker.set_labels(labels.clone());
-                }
-                let entry = ProcEntry {
-                    bin: id,
-                    key: ProcessKey::of(pid),
-                    labels,
-                };
-                self.procs.insert(pid, entry);
+                self.track(pid, id, exe, container.id, container.pod_uid, k8s);
                 if let Some(t) = exec_ns {
                     let now = monotonic_ns();
                     self.metrics
@@ -101,16 +80,17 @@ impl Pipeline {
                         .latency
                         .observe(now.saturating_sub(t) as f64 / 1e9);
                 }
+                let exe = &self.bins[&id].exe;
                 match &self.procs[&pid].labels.k8s {
                     Some(k) => tracing::debug!(
                         pid,
-                        exe = %b.exe,
+                        exe = %exe,
                         namespace = %k.pod.namespace,
                         pod = %k.pod.name,
                         container = %k.container_name.as_deref().unwrap_or(""),
                         "process probed"
                     ),
-                    None => tracing::debug!(pid, exe = %b.exe, "process probed"),
+                    None => tracing::debug!(pid, exe = %exe, "process probed"),
                 }
             }
             Err(skip) => {
@@ -135,28 +115,52 @@ impl Pipeline {
     /// Standalone mode: `pid` hit the binary's probes, so it runs the
     /// binary; track it without asking /proc (it may have exited already).
     pub(super) fn admit(&mut self, pid: u32, id: BinaryId) {
-        let Some(b) = self.bins.get_mut(&id) else {
+        let Some(exe) = self.bins.get(&id).map(|b| b.exe.clone()) else {
             return;
         };
         self.metrics.discovery.processes_seen.inc();
+        self.track(pid, id, exe, None, None, None);
+        self.refresh_gauges();
+    }
+
+    /// Tracks `pid` as a process of the attached binary `id`; in node mode
+    /// its tracker labels its series and log lines with what is known of it
+    /// (standalone output is gmon's: no per-process labels).
+    fn track(
+        &mut self,
+        pid: u32,
+        id: BinaryId,
+        exe: String,
+        container_id: Option<String>,
+        pod_uid: Option<String>,
+        k8s: Option<crate::k8s::PodLabels>,
+    ) {
+        let node = matches!(self.target, Target::Node(_));
+        let b = self
+            .bins
+            .get_mut(&id)
+            .expect("tracked processes run attached binaries");
         b.pids.insert(pid);
         let labels = Arc::new(ProcLabels {
             pid,
             runtime_version: b.bin.build.version_string.clone(),
-            binary: b.exe.clone(),
-            container_id: None,
-            pod_uid: None,
-            k8s: None,
+            binary: exe,
+            container_id,
+            pod_uid,
+            k8s,
         });
+        if node {
+            b.tracker.set_labels(labels.clone());
+        }
+        let key = ProcessKey::of(pid);
         self.procs.insert(
             pid,
             ProcEntry {
                 bin: id,
-                key: ProcessKey::of(pid),
+                key,
                 labels,
             },
         );
-        self.refresh_gauges();
     }
 
     /// The identity a process's binary is tracked under: in node mode the
@@ -237,15 +241,7 @@ impl Pipeline {
                 tracing::info!(pid, exe, "not probed: {e}");
                 return Err(Skip::TooOld);
             }
-            Err(e) => {
-                tracing::warn!(pid, exe, "cannot probe: {e}");
-                self.metrics
-                    .discovery
-                    .attach_failures
-                    .with_label_values(&["analysis"])
-                    .inc();
-                return Err(Skip::Failed);
-            }
+            Err(e) => return Err(self.failed(pid, exe, "analysis", &e)),
         };
         self.metrics.discovery.go_binaries_found.inc();
         let started = Instant::now();
@@ -258,13 +254,7 @@ impl Pipeline {
                     self.cache.release_unused();
                     return Err(Skip::Gone);
                 }
-                tracing::warn!(pid, exe, "cannot probe: {e}");
-                self.metrics
-                    .discovery
-                    .attach_failures
-                    .with_label_values(&["attach"])
-                    .inc();
-                return Err(Skip::Failed);
+                return Err(self.failed(pid, exe, "attach", &e));
             }
         };
         tracing::info!(
@@ -278,21 +268,21 @@ impl Pipeline {
             "attached"
         );
         self.sites_attached(exe, &bin, &att);
-        let tracker = Tracker::new(bin.clone(), self.depth);
-        self.bins.insert(
-            id,
-            Bin {
-                exe: exe.to_owned(),
-                bin,
-                att,
-                pids: HashSet::default(),
-                tracker,
-                reported: Default::default(),
-                pinned: false,
-            },
-        );
+        self.bins
+            .insert(id, Bin::new(exe.to_owned(), bin, att, self.depth, false));
         self.refresh_gauges();
         Ok(())
+    }
+
+    /// Logs and counts a binary that could not be probed at `stage`.
+    fn failed(&self, pid: u32, exe: &str, stage: &str, e: &dyn std::fmt::Display) -> Skip {
+        tracing::warn!(pid, exe, "cannot probe: {e}");
+        self.metrics
+            .discovery
+            .attach_failures
+            .with_label_values(&[stage])
+            .inc();
+        Skip::Failed
     }
 
     /// A process exited: drop its state; detach its binary if it was the
