@@ -157,8 +157,20 @@ pub mod counter {
     pub const SCRATCH_BUSY: u32 = 5;
     /// Process exec/exit events dropped because their ring buffer was full.
     pub const PROC_RINGBUF_FULL: u32 = 6;
+    /// Aggregate mode: goroutines counted in the kernel (created, exited).
+    pub const CREATE_COUNTED: u32 = 7;
+    pub const EXIT_COUNTED: u32 = 8;
+    /// Aggregate mode: creations counted in the overflow site because every
+    /// site slot was taken (the totals stay exact, the site is lost).
+    pub const SITE_OVERFLOW: u32 = 9;
+    /// Aggregate mode: goroutines not entered in the live table because it
+    /// was full (their exits are not counted, their lifetimes not known).
+    pub const LIVE_FULL: u32 = 10;
+    /// Aggregate mode: exits of goroutines not in the live table (created
+    /// before the probes were attached, or not entered: `LIVE_FULL`).
+    pub const EXIT_UNTRACKED: u32 = 11;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 12;
 
     /// Names used for the exported metric label, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -169,6 +181,11 @@ pub mod counter {
         "read_g_failed",
         "scratch_busy",
         "proc_ringbuf_full",
+        "create_counted",
+        "exit_counted",
+        "site_overflow",
+        "live_full",
+        "exit_untracked",
     ];
 }
 
@@ -185,6 +202,118 @@ pub const STACK_MAP_ENTRIES: u32 = 16384;
 /// Deepest creation stack the kernel walks.
 pub const MAX_STACK_DEPTH: usize = 127;
 
+/// Aggregate mode (no per-goroutine output asked): the kernel counts per
+/// creation site instead of sending events. A site is what identifies it
+/// cheaply in the kernel; user space symbolizes it once, by its slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SiteKey {
+    /// Thread group id; 0 marks a free slot in `SITE_KEYS`.
+    pub pid: u32,
+    pub _pad: u32,
+    /// runtime.g.gopc and runtime.g.startpc of the goroutines created there.
+    pub gopc: u64,
+    pub startpc: u64,
+    /// The creation stack's key in `STACKS`, or `NO_STACK`.
+    pub stack: u64,
+}
+const _: () = assert!(core::mem::size_of::<SiteKey>() == 32);
+
+/// Site slots, each with a `SiteCounts`. Slot 0 is the overflow site: it
+/// counts what arrives when every other slot is taken.
+pub const MAX_SITES: u32 = 4096;
+/// The overflow site's slot.
+pub const OVERFLOW_SITE: u32 = 0;
+
+/// Lifetime buckets per site: `LifetimeBounds::len` bounds make
+/// `len + 1` buckets (the last one unbounded).
+pub const LIFETIME_BUCKETS: usize = 64;
+
+/// One lifetime bucket: how many goroutines, and their total lifetime (so
+/// the exported sums are exact, and each bucket's mean lies inside it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+/// A site's goroutine counts since its slot was taken, in `SITE_TOTALS`
+/// (mapped into user space, which reads it every export). The kernel only
+/// adds; user space zeroes a slot when it frees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteTotals {
+    pub created: u64,
+    pub exited: u64,
+}
+const _: () = assert!(core::mem::size_of::<SiteTotals>() == 16);
+
+/// A site's lifetime buckets, in `SITE_LIFETIMES` (read with a syscall,
+/// only for sites whose exits grew: mapping them would put them all in
+/// the agent's resident memory).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteLifetimes {
+    pub buckets: [Bucket; LIFETIME_BUCKETS],
+}
+const _: () = assert!(core::mem::size_of::<SiteLifetimes>() == 16 * LIFETIME_BUCKETS);
+
+impl Default for SiteLifetimes {
+    fn default() -> Self {
+        SiteLifetimes {
+            buckets: [Bucket::default(); LIFETIME_BUCKETS],
+        }
+    }
+}
+
+/// Upper bounds (inclusive, ns, ascending) of the lifetime buckets: the
+/// union of every exporter's bucket bounds, so each exported bucket is a
+/// sum of kernel buckets and the counts stay exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifetimeBounds {
+    /// Valid entries in `ns` (at most `LIFETIME_BUCKETS - 1`).
+    pub len: u32,
+    pub _pad: u32,
+    pub ns: [u64; LIFETIME_BUCKETS - 1],
+}
+const _: () = assert!(core::mem::size_of::<LifetimeBounds>() == 8 * LIFETIME_BUCKETS);
+
+impl LifetimeBounds {
+    /// The bucket a lifetime falls in: the first bound >= it, or `len`.
+    pub fn bucket(&self, ns: u64) -> usize {
+        let len = (self.len as usize).min(LIFETIME_BUCKETS - 1);
+        self.ns[..len].partition_point(|&b| b < ns)
+    }
+}
+
+/// Key of the live-goroutine table `LIVE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LiveKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub goid: u64,
+}
+const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
+
+/// A goroutine alive in aggregate mode: when it was created, and where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveGoroutine {
+    /// bpf_ktime_get_ns() at creation.
+    pub created_ns: u64,
+    /// Its site's slot.
+    pub site: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LiveGoroutine>() == 16);
+
+/// Live goroutines the kernel tracks at once, over all processes
+/// (allocated on use; past it, `counter::LIVE_FULL`).
+pub const LIVE_ENTRIES: u32 = 1 << 20;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain old data, repr(C), no padding, every bit pattern valid.
@@ -192,4 +321,10 @@ mod pod {
     unsafe impl aya::Pod for super::GOffsets {}
     unsafe impl aya::Pod for super::UserStack {}
     unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::SiteKey {}
+    unsafe impl aya::Pod for super::SiteTotals {}
+    unsafe impl aya::Pod for super::SiteLifetimes {}
+    unsafe impl aya::Pod for super::LifetimeBounds {}
+    unsafe impl aya::Pod for super::LiveKey {}
+    unsafe impl aya::Pod for super::LiveGoroutine {}
 }

@@ -16,25 +16,39 @@
 //! The attach cookie is an index into `BINARIES`, which holds the runtime.g
 //! field offsets of the probed binary, so one loaded object serves binaries
 //! of different Go releases.
+//!
+//! Two modes, chosen at load time (`AGGREGATE`): with per-goroutine output
+//! asked for (gmon's log lines), every creation and exit goes to user space
+//! through the `EVENTS` ring buffer; without it, nothing per goroutine
+//! crosses: the programs count per creation site (`SITE_*`), keep the live
+//! goroutines with their creation time (`LIVE`) and bucket lifetimes at
+//! exit, and user space reads the totals when it exports.
 #![no_std]
 #![no_main]
+// The bpf target has no compare-and-swap, so core's atomics lack
+// fetch_add; the intrinsic lowers to BPF's own atomic add.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use agent_common::{
-    EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, MAX_BINARIES, MAX_STACK_DEPTH,
-    NO_STACK, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
-    RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES, UserStack, counter,
+    EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, LIFETIME_BUCKETS, LIVE_ENTRIES,
+    LifetimeBounds, LiveGoroutine, LiveKey, MAX_BINARIES, MAX_SITES, MAX_STACK_DEPTH, NO_STACK,
+    OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
+    RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES, SiteKey, SiteLifetimes,
+    SiteTotals, UserStack, counter,
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_ANY, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, BPF_RB_AVAIL_DATA,
+        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
     },
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{self, bpf_get_attach_cookie},
     },
     macros::{map, raw_tracepoint, uprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, Stack},
     programs::{ProbeContext, RawTracePointContext},
 };
 
@@ -42,6 +56,11 @@ use aya_ebpf::{
 /// `MAX_STACK_DEPTH`). Set by user space with `EbpfLoader::override_global`.
 #[unsafe(no_mangle)]
 static STACK_DEPTH: u32 = 0;
+
+/// Nonzero: count in the kernel instead of sending events (set by user
+/// space like `STACK_DEPTH`).
+#[unsafe(no_mangle)]
+static AGGREGATE: u32 = 0;
 
 /// Bytes of stack memory read at once while walking frames: one helper
 /// call usually covers several Go frames.
@@ -68,6 +87,39 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 
 #[map]
 static BINARIES: Array<GOffsets> = Array::with_max_entries(MAX_BINARIES, 0);
+
+/// Aggregate mode: the slot of each creation site seen.
+#[map]
+static SITE_IDS: HashMap<SiteKey, u32> = HashMap::with_max_entries(MAX_SITES, 0);
+
+/// Aggregate mode: each slot's site, written once its `SITE_IDS` entry is
+/// in (user space scans it, mapped, for new sites; pid 0 = free).
+#[map]
+static SITE_KEYS: Array<SiteKey> = Array::with_max_entries(MAX_SITES, BPF_F_MMAPABLE);
+
+/// Aggregate mode: each slot's counts, added to with atomic adds (user
+/// space reads them mapped, without a syscall per site).
+#[map]
+static SITE_TOTALS: Array<SiteTotals> = Array::with_max_entries(MAX_SITES, BPF_F_MMAPABLE);
+
+/// Aggregate mode: each slot's lifetime buckets.
+#[map]
+static SITE_LIFETIMES: Array<SiteLifetimes> = Array::with_max_entries(MAX_SITES, 0);
+
+/// Aggregate mode: free site slots; user space fills it and returns the
+/// slots of exited processes. Last in, first out: slots in use stay few
+/// and low, and so do the pages user space touches reading them.
+#[map]
+static FREE_SITES: Stack<u32> = Stack::with_max_entries(MAX_SITES, 0);
+
+/// Aggregate mode: the live goroutines and when they were created.
+#[map]
+static LIVE: HashMap<LiveKey, LiveGoroutine> =
+    HashMap::with_max_entries(LIVE_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Aggregate mode: the lifetime buckets' upper bounds (one entry).
+#[map]
+static BOUNDS: Array<LifetimeBounds> = Array::with_max_entries(1, 0);
 
 /// Per-CPU working memory, too big for the 512-byte BPF stack. Uprobe
 /// programs run with migration disabled but, on fully preemptible kernels,
@@ -194,6 +246,17 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     } else {
         NO_STACK
     };
+    if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
+        let key = SiteKey {
+            pid,
+            _pad: 0,
+            gopc,
+            startpc,
+            stack,
+        };
+        count_create(&key, goid);
+        return;
+    }
     let ev = GoroutineEvent {
         kind: EVENT_CREATE,
         pid,
@@ -207,6 +270,126 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
         startpc,
     };
     send(&ev, counter::CREATE_SENT, &mut sc.events);
+}
+
+/// Adds 1 to `*p` atomically: other CPUs add to the same site.
+#[inline(always)]
+fn add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value, 8-aligned.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        )
+    };
+}
+
+/// Aggregate mode, creation: one more goroutine at `key`'s site, entered
+/// in the live table with its creation time.
+#[inline(always)]
+fn count_create(key: &SiteKey, goid: u64) {
+    let slot = site_slot(key);
+    if let Some(c) = SITE_TOTALS.get_ptr_mut(slot) {
+        add(unsafe { &raw mut (*c).created }, 1);
+    }
+    let live = LiveGoroutine {
+        created_ns: unsafe { bpf_ktime_get_ns() },
+        site: slot,
+        _pad: 0,
+    };
+    let lk = LiveKey {
+        pid: key.pid,
+        _pad: 0,
+        goid,
+    };
+    if LIVE.insert(lk, live, BPF_ANY as u64).is_err() {
+        count(counter::LIVE_FULL);
+    }
+    count(counter::CREATE_COUNTED);
+}
+
+/// The slot of `key`'s site, taking a free one for a new site; the
+/// overflow slot when none is free.
+#[inline(always)]
+fn site_slot(key: &SiteKey) -> u32 {
+    if let Some(slot) = SITE_IDS.get_ptr(key) {
+        return unsafe { *slot };
+    }
+    let Ok(Some(slot)) = FREE_SITES.pop() else {
+        count(counter::SITE_OVERFLOW);
+        return OVERFLOW_SITE;
+    };
+    match SITE_IDS.insert(key, slot, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            // Published after the id: user space takes a slot with a key
+            // as in use, and counts added before are read later anyway.
+            if let Some(k) = SITE_KEYS.get_ptr_mut(slot) {
+                unsafe { *k = *key };
+            }
+            slot
+        }
+        Err(e) => {
+            let _ = FREE_SITES.push(slot, 0);
+            // Another CPU took a slot for this site first.
+            if e == EEXIST
+                && let Some(slot) = SITE_IDS.get_ptr(key)
+            {
+                return unsafe { *slot };
+            }
+            count(counter::SITE_OVERFLOW);
+            OVERFLOW_SITE
+        }
+    }
+}
+
+/// Aggregate mode, exit: the goroutine leaves the live table, its site
+/// counts one more exit and its lifetime in the bucket it falls in.
+#[inline(always)]
+fn count_exit(pid: u32, goid: u64) {
+    let lk = LiveKey { pid, _pad: 0, goid };
+    let Some(live) = LIVE.get_ptr(&lk) else {
+        count(counter::EXIT_UNTRACKED);
+        return;
+    };
+    let LiveGoroutine {
+        created_ns, site, ..
+    } = unsafe { *live };
+    let _ = LIVE.remove(&lk);
+    let life = unsafe { bpf_ktime_get_ns() }.saturating_sub(created_ns);
+    let b = bucket(life);
+    // Lifetime first: user space reads the buckets once it sees exits grow.
+    if let Some(l) = SITE_LIFETIMES.get_ptr_mut(site) {
+        unsafe {
+            add(&raw mut (*l).buckets[b].count, 1);
+            add(&raw mut (*l).buckets[b].sum_ns, life);
+        }
+    }
+    if let Some(c) = SITE_TOTALS.get_ptr_mut(site) {
+        add(unsafe { &raw mut (*c).exited }, 1);
+    }
+    count(counter::EXIT_COUNTED);
+}
+
+/// The lifetime bucket of `ns`: a binary search over `BOUNDS` (the first
+/// bound >= ns; past the last bound, the unbounded bucket).
+#[inline(always)]
+fn bucket(ns: u64) -> usize {
+    let Some(b) = BOUNDS.get(0) else {
+        return 0;
+    };
+    let len = (b.len as usize).min(LIFETIME_BUCKETS - 1);
+    let (mut lo, mut hi) = (0usize, len);
+    // 2^6 = LIFETIME_BUCKETS: six halvings settle any range.
+    for _ in 0..6 {
+        if lo >= hi {
+            break;
+        }
+        let mid = (lo + hi) / 2;
+        match b.ns.get(mid) {
+            Some(&bound) if bound < ns => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    lo & (LIFETIME_BUCKETS - 1)
 }
 
 /// One step of FxHash: cheap, and good enough to tell stacks apart once
@@ -331,9 +514,19 @@ fn creation_stack(
 
 #[uprobe]
 pub fn goexit1(ctx: ProbeContext) -> u32 {
-    if let Some(off) = offsets(&ctx)
-        && let Some(sc) = claim()
-    {
+    let Some(off) = offsets(&ctx) else {
+        return 0;
+    };
+    if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
+        // No scratch space needed: the live table is the only state.
+        let g = unsafe { (*ctx.regs).r14 };
+        match unsafe { bpf_probe_read_user((g + off.goid) as *const u64) } {
+            Ok(goid) => count_exit((bpf_get_current_pid_tgid() >> 32) as u32, goid),
+            Err(_) => count(counter::READ_G_FAILED),
+        }
+        return 0;
+    }
+    if let Some(sc) = claim() {
         goexit1_event(&ctx, off, sc);
         release(sc);
     }

@@ -230,14 +230,14 @@ fn main() {
     for _ in 0..reps {
         untraced.push(churn(n, rounds));
         {
-            let (mut probes, _maps) = Probes::load(0).unwrap();
+            let (mut probes, _maps) = Probes::load(0, None).unwrap();
             probes.set_site_policy(SitePolicy::Ret);
             probes.attach_noop(&bin).unwrap();
             floor.push(churn(n, rounds));
             add(&mut noop_hits, prog_runs("noop"));
         }
         {
-            let (mut probes, _maps) = Probes::load(0).unwrap();
+            let (mut probes, _maps) = Probes::load(0, None).unwrap();
             let att = probes.attach_noop(&bin).unwrap();
             assert_eq!(att.class, SiteClass::Emulated, "churn has emulated sites");
             new_floor.push(churn(n, rounds));

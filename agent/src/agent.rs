@@ -9,13 +9,13 @@ use crate::{
     config::Config,
     discover::{self, select::Selection},
     export::{
-        logfmt::{Clock, GmonLog},
+        logfmt::{Clock, GmonLog, Level},
         otlp::{Otlp, OtlpSettings},
         prometheus::{self as prom, Metrics},
     },
     gobin::{self, GoBinary},
     k8s::{self, KubeSettings, SharedIndex, WatchStats},
-    pipeline::{Kube, Pipeline, Target},
+    pipeline::{Kube, Pipeline, Target, lifetime_bounds},
     probes::{self, Probes},
     serve::Servers,
 };
@@ -52,6 +52,8 @@ pub enum Error {
     Kubernetes(#[from] k8s::Error),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error("lifetime histograms: {0}")]
+    Bounds(String),
 }
 
 /// Runs the agent: standalone with --path (one binary, gmon's output),
@@ -109,10 +111,19 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
         }
     };
 
+    // Without per-goroutine output (no creation or exit log lines), the
+    // kernel counts per site and nothing per goroutine crosses over.
+    let aggregate = match cli.level > Level::Info {
+        true => {
+            let otlp_bounds = otlp.as_ref().map(Otlp::lifetime_bounds).unwrap_or_default();
+            Some(lifetime_bounds(&[&prom::GMON_BUCKETS, &otlp_bounds]).map_err(Error::Bounds)?)
+        }
+        false => None,
+    };
     raise_memlock_limit();
     let (mut probes, maps) = {
         let _span = tracing::debug_span!("load").entered();
-        Probes::load(depth)?
+        Probes::load(depth, aggregate.as_ref())?
     };
     probes.watch_processes()?;
     probes.set_site_policy(cli.probe_sites);

@@ -55,7 +55,7 @@ fn trace_spawner_at(
     let mut lines = sp.stdout_lines();
     assert!(lines.next().unwrap().unwrap().starts_with("ready"));
 
-    let (mut probes, maps) = Probes::load(127).unwrap();
+    let (mut probes, maps) = Probes::load(127, None).unwrap();
     probes.set_site_policy(policy);
     let pid = only_pid.then(|| NonZeroU32::new(sp.pid()).unwrap());
     let att = probes.attach(&bin, pid).unwrap();

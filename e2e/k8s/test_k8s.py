@@ -129,6 +129,30 @@ def pods(ns, selector=None):
     return kjson(*args)["items"]
 
 
+def pod_diagnosis(ns):
+    """What the pods of ns are doing, and what the kubelet and the
+    controller manager last said about them: for a failure message."""
+    out = []
+    names = []
+    for p in pods(ns):
+        md, st = p["metadata"], p.get("status", {})
+        names.append(md["name"])
+        states = {c["name"]: c.get("state") for c in st.get("containerStatuses", [])}
+        out.append(f"pod {md['name']}: phase {st.get('phase')}, deletionTimestamp "
+                   f"{md.get('deletionTimestamp')}, finalizers {md.get('finalizers')}, "
+                   f"owners {[o['kind'] for o in md.get('ownerReferences', [])]}, containers {states}")
+    logs = os.environ.get("GMON_K8S_LOGS", "/var/cache/gmon-agent/cluster/run/logs")
+    for log in ("kubelet.log", "kube-controller-manager.log"):
+        try:
+            lines = Path(logs, log).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        hits = [l for l in lines if any(n in l for n in names) or "garbage" in l.lower()]
+        out.append(f"{log} (last {min(12, len(hits))} of {len(hits)} lines about them):")
+        out += ["  " + l[:300] for l in hits[-12:]]
+    return "\n     ".join(out)
+
+
 def ready(pod):
     st = pod.get("status", {})
     return st.get("phase") == "Running" and all(
@@ -670,7 +694,11 @@ def run(work, servers, repo, tag, state, progs_before):
         progs = agent_prog_ids(state["agent_pid"])
         helm("uninstall", RELEASE, "-n", AGENT_NS, "--wait", "--timeout", "120s")
         state["installed"] = False
-        wait("the agent pod to go", lambda: not pods(AGENT_NS), timeout=60)
+        try:
+            # The pod's grace period is 30 s; the rest is the kubelet's.
+            wait("the agent pod to go", lambda: not pods(AGENT_NS), timeout=90)
+        except Failed as e:
+            raise Failed(f"{e}\n     {pod_diagnosis(AGENT_NS)}") from None
         wait("the agent's programs to be unloaded", lambda: not (progs & set(bpf_progs())), timeout=20)
         need(not bpf_links_to(progs), "links left")
         new = set(bpf_progs()) - progs_before

@@ -2,6 +2,7 @@
 //! creation sites they share. Kernel events go in; created/exited goroutines
 //! with symbolized sites come out to a `Sink`.
 
+pub mod aggregate;
 mod labels;
 
 pub use labels::{STACK_LABELS, stack_labels};
@@ -10,7 +11,7 @@ use crate::{
     discover::{self, ProcessKey},
     gobin::{Frame, GoBinary},
 };
-use agent_common::{EVENT_CREATE, EVENT_EXIT, GoroutineEvent, NO_STACK};
+use agent_common::{Bucket, EVENT_CREATE, EVENT_EXIT, GoroutineEvent, NO_STACK};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
@@ -56,10 +57,35 @@ pub struct Goroutine {
     pub site: Arc<Site>,
 }
 
+/// What a site's kernel totals grew by since they were last read
+/// (aggregate mode, where no event per goroutine reaches user space).
+#[derive(Debug, Clone, Copy)]
+pub struct SiteDelta<'a> {
+    pub created: u64,
+    pub exited: u64,
+    /// Lifetimes of the exited ones: (kernel bucket, count and sum) for
+    /// each bucket that grew.
+    pub buckets: &'a [(usize, Bucket)],
+    /// The kernel buckets' upper bounds in ns (the last bucket has none).
+    pub bounds: &'a [u64],
+}
+
+impl SiteDelta<'_> {
+    /// Upper bound of kernel bucket `i` in seconds (infinite for the last).
+    pub fn upper_secs(&self, i: usize) -> f64 {
+        self.bounds
+            .get(i)
+            .map(|&ns| ns as f64 / 1e9)
+            .unwrap_or(f64::INFINITY)
+    }
+}
+
 /// Receives what the tracker learns.
 pub trait Sink {
     fn created(&mut self, g: &Goroutine);
     fn exited(&mut self, g: &Goroutine, exited_ns: u64);
+    /// Aggregate mode: `site` (in process `pid`) counted `d` more.
+    fn counted(&mut self, _site: &Site, _pid: u32, _d: &SiteDelta) {}
     /// The site's process has exited: drop anything cached for it.
     fn site_gone(&mut self, _site_id: u64) {}
     /// Process `pid` is gone (after its sites): drop per-process state.
@@ -196,23 +222,34 @@ impl Tracker {
         })
     }
 
+    /// The site of goroutines created in `pid` with this stack key, gopc
+    /// and startpc: symbolized the first time, then cached.
+    pub fn site(
+        &mut self,
+        pid: u32,
+        (stack, gopc, startpc): (u64, u64, u64),
+        stacks: &mut dyn StackSource,
+    ) -> Arc<Site> {
+        // Common case: a known site, one process lookup. A new site is
+        // resolved first (that needs &mut self), then cached.
+        let site_key = (stack, gopc, startpc);
+        match self.proc(pid).sites.get(&site_key) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(self.resolve_site(pid, site_key, stacks));
+                self.proc(pid).sites.insert(site_key, s.clone());
+                s
+            }
+        }
+    }
+
     fn on_create(
         &mut self,
         ev: &GoroutineEvent,
         stacks: &mut dyn StackSource,
         sink: &mut dyn Sink,
     ) {
-        let site_key = (ev.stack, ev.gopc, ev.startpc);
-        // Common case: a known site, one process lookup. A new site is
-        // resolved first (that needs &mut self), then cached.
-        let site = match self.proc(ev.pid).sites.get(&site_key) {
-            Some(s) => s.clone(),
-            None => {
-                let s = Arc::new(self.resolve_site(ev, stacks));
-                self.proc(ev.pid).sites.insert(site_key, s.clone());
-                s
-            }
-        };
+        let site = self.site(ev.pid, (ev.stack, ev.gopc, ev.startpc), stacks);
         let g = Goroutine {
             pid: ev.pid,
             goid: ev.goid,
@@ -238,9 +275,14 @@ impl Tracker {
         }
     }
 
-    fn resolve_site(&mut self, ev: &GoroutineEvent, stacks: &mut dyn StackSource) -> Site {
-        let bias = self.proc(ev.pid).bias;
-        let proc_labels = self.proc(ev.pid).labels.clone();
+    fn resolve_site(
+        &mut self,
+        pid: u32,
+        (stack_key, gopc, startpc): (u64, u64, u64),
+        stacks: &mut dyn StackSource,
+    ) -> Site {
+        let bias = self.proc(pid).bias;
+        let proc_labels = self.proc(pid).labels.clone();
         // Every source frame of a PC (inlined calls first), or its address
         // when it cannot be resolved.
         let frames = |pc: u64, stats: &mut Stats| -> Vec<Frame> {
@@ -260,8 +302,8 @@ impl Tracker {
         let frame = |pc: u64, stats: &mut Stats| frames(pc, stats).swap_remove(0);
         let mut stats = self.stats;
         let mut stack = Vec::new();
-        if ev.stack != NO_STACK {
-            match stacks.user_stack(ev.stack) {
+        if stack_key != NO_STACK {
+            match stacks.user_stack(stack_key) {
                 Some(pcs) => {
                     for (i, &pc) in pcs.iter().enumerate() {
                         // Frames past the first are return addresses: look up
@@ -275,8 +317,8 @@ impl Tracker {
             }
         }
         // gopc is a return address too (the call to newproc).
-        let creator = (ev.gopc != 0).then(|| frame(ev.gopc.saturating_sub(1), &mut stats));
-        let start = (ev.startpc != 0).then(|| frame(ev.startpc, &mut stats));
+        let creator = (gopc != 0).then(|| frame(gopc.saturating_sub(1), &mut stats));
+        let start = (startpc != 0).then(|| frame(startpc, &mut stats));
         self.stats = stats;
         Site {
             // Unique across trackers: node mode has one per binary, and
@@ -311,6 +353,25 @@ impl Tracker {
         });
         self.stats.dropped_with_process += dropped;
         dropped
+    }
+}
+
+impl Site {
+    /// Aggregate mode's overflow site: what the kernel counted when every
+    /// site slot was taken (exact totals, no site).
+    pub fn overflow() -> Site {
+        let other = || Frame {
+            function: "overflow".into(),
+            file: None,
+            line: None,
+        };
+        Site {
+            id: NEXT_SITE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            stack: Vec::new(),
+            creator: Some(other()),
+            start: Some(other()),
+            proc: None,
+        }
     }
 }
 

@@ -7,9 +7,11 @@
 //! standalone mode (`--path`) admits exactly one binary, attached up front
 //! and kept attached when its processes come and go.
 
+mod aggregate;
 mod pods;
 mod procs;
 
+pub use aggregate::bounds as lifetime_bounds;
 pub use pods::Kube;
 
 use crate::{
@@ -112,6 +114,12 @@ impl Sink for Sinks {
             o.exited(g, exited_ns);
         }
     }
+    fn counted(&mut self, site: &crate::model::Site, pid: u32, d: &crate::model::SiteDelta) {
+        self.prom.counted(site, pid, d);
+        if let Some(o) = &mut self.otlp {
+            o.counted(site, pid, d);
+        }
+    }
     fn site_gone(&mut self, site_id: u64) {
         self.log.site_gone(site_id);
         self.prom.site_gone(site_id);
@@ -151,6 +159,8 @@ pub struct Pipeline {
     /// Processes found dead by housekeeping, removed after the next drain
     /// (which holds the last events they sent).
     dead: Vec<u32>,
+    /// Aggregate mode's per-site totals (set by `run`).
+    agg: Option<aggregate::Aggregates>,
 }
 
 impl Pipeline {
@@ -206,6 +216,7 @@ impl Pipeline {
             kube,
             skipped: HashMap::default(),
             dead: Vec::new(),
+            agg: None,
         };
         if let Target::Binary { bin, .. } = &p.target {
             let b = &p.bins[&bin.id];
@@ -221,7 +232,9 @@ impl Pipeline {
             procs: mut proc_events,
             mut stacks,
             mut counters,
+            sites,
         } = maps;
+        self.agg = sites.map(aggregate::Aggregates::new);
         // Processes already running; from here on the tracepoints report
         // new ones (those that exec during the scan are seen twice, which
         // `start` tolerates).
@@ -278,6 +291,9 @@ impl Pipeline {
                 });
                 span.record("events", n);
                 self.metrics.malformed(malformed);
+            }
+            if let Some(a) = &mut self.agg {
+                a.stale = true;
             }
             for ev in batch_procs.iter().filter(|e| e.kind == PROC_EXIT) {
                 self.exited(ev.pid, &mut stacks);
@@ -341,6 +357,8 @@ impl Pipeline {
     }
 
     fn housekeeping(&mut self, stacks: &mut probes::KernelStacks) {
+        // Counts first, under the labels they were made with.
+        self.collect(stacks);
         self.relabel(stacks);
         // Exit events can be lost (ring buffer full): also check liveness.
         // The dead go after the next drain, which holds their last events.
@@ -367,8 +385,10 @@ impl Pipeline {
 
     fn refresh_gauges(&self) {
         let m = &self.metrics;
-        m.goroutines_tracked
-            .set(self.bins.values().map(|b| b.tracker.live() as i64).sum());
+        m.goroutines_tracked.set(match &self.agg {
+            Some(a) => a.live,
+            None => self.bins.values().map(|b| b.tracker.live() as i64).sum(),
+        });
         m.processes_tracked.set(self.procs.len() as i64);
         m.discovery.binaries_attached.set(self.bins.len() as i64);
         m.uprobes_attached

@@ -86,6 +86,9 @@ impl Pipeline {
             if let Some(b) = self.bins.get_mut(&p.bin) {
                 b.tracker.set_labels(labels);
             }
+            if let Some(a) = &mut self.agg {
+                a.relabel(pid);
+            }
         }
         // Processes left alone for their pod get a new look: the pod may
         // have dropped its opt-out, or be gone.

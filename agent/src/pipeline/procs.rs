@@ -288,12 +288,18 @@ impl Pipeline {
     /// A process exited: drop its state; detach its binary if it was the
     /// last one running it (standalone's binary stays).
     pub(super) fn exited(&mut self, pid: u32, stacks: &mut KernelStacks) {
+        if !self.procs.contains_key(&pid) {
+            return;
+        }
+        // Aggregate mode: its last counts, read while it is still tracked.
+        let dropped = self.release_process(pid, stacks);
         let Some(entry) = self.procs.remove(&pid) else {
             return;
         };
         let Some(b) = self.bins.get_mut(&entry.bin) else {
             return;
         };
+        b.tracker.stats.dropped_with_process += dropped;
         b.pids.remove(&pid);
         b.tracker.remove_process(pid, stacks, &mut self.sinks);
         if b.pids.is_empty() && !b.pinned {

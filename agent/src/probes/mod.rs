@@ -4,12 +4,15 @@
 
 pub mod caps;
 mod ringbuf;
+mod sites;
 
 pub use ringbuf::EventReader;
+pub use sites::KernelSites;
 
 use crate::gobin::GoBinary;
 use agent_common::{
-    GOffsets, MAX_BINARIES, MAX_STACK_DEPTH, SITE_CREATE_IN_BODY, UserStack, counter,
+    GOffsets, LifetimeBounds, MAX_BINARIES, MAX_STACK_DEPTH, SITE_CREATE_IN_BODY, UserStack,
+    counter,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -126,6 +129,8 @@ pub struct Maps {
     pub procs: ProcEvents,
     pub stacks: KernelStacks,
     pub counters: KernelCounters,
+    /// Aggregate mode's per-site totals (`None` when events flow).
+    pub sites: Option<KernelSites>,
 }
 
 /// Fails with one line naming the first capability this mode lacks.
@@ -136,10 +141,23 @@ pub fn require_capabilities(node_mode: bool) -> Result<(), Error> {
 impl Probes {
     /// Loads the programs. The kernel collects up to `stack_depth` frames
     /// of each creating user stack (0: none; capped at `MAX_STACK_DEPTH`).
-    pub fn load(stack_depth: usize) -> Result<(Self, Maps), Error> {
+    /// With `aggregate` (lifetime bucket bounds), the programs count per
+    /// site instead of sending an event per goroutine.
+    pub fn load(
+        stack_depth: usize,
+        aggregate: Option<&LifetimeBounds>,
+    ) -> Result<(Self, Maps), Error> {
         let depth = stack_depth.min(MAX_STACK_DEPTH) as u32;
-        let mut ebpf = EbpfLoader::new()
+        let agg = aggregate.is_some() as u32;
+        let mut loader = EbpfLoader::new();
+        if aggregate.is_some() {
+            // No goroutine events: one page instead of 4 MiB, which user
+            // space would map (twice) and carry in its resident memory.
+            loader.map_max_entries("EVENTS", 4096);
+        }
+        let mut ebpf = loader
             .override_global("STACK_DEPTH", &depth, true)
+            .override_global("AGGREGATE", &agg, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_eperm(&e) {
@@ -186,6 +204,9 @@ impl Probes {
             .map_err(|e| Error::Map("COUNTERS", e.to_string()))?;
         let binaries = Array::try_from(take(&mut ebpf, "BINARIES")?)
             .map_err(|e| Error::Map("BINARIES", e.to_string()))?;
+        let sites = aggregate
+            .map(|b| KernelSites::new(&mut ebpf, b))
+            .transpose()?;
         Ok((
             Probes {
                 ebpf,
@@ -202,6 +223,7 @@ impl Probes {
                     map: counters,
                     last: [0; counter::COUNT as usize],
                 },
+                sites,
             },
         ))
     }

@@ -260,6 +260,17 @@ impl Otlp {
         })
     }
 
+    /// Bounds (s) the kernel must bucket lifetimes by when it aggregates,
+    /// so this exporter's histogram gets exact counts: the explicit
+    /// buckets, or every power of two from 1 ms to a day and a half (the
+    /// exponential histogram's buckets at scale 0).
+    pub fn lifetime_bounds(&self) -> Vec<f64> {
+        match self.settings.histogram {
+            HistogramKind::Exponential => (-10..=17).map(|k| 2f64.powi(k)).collect(),
+            _ => LIFETIME_BUCKETS.to_vec(),
+        }
+    }
+
     pub fn meter(&self) -> Meter {
         self.provider.meter("gmon-agent")
     }

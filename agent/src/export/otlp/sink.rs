@@ -1,7 +1,7 @@
 //! The OTLP instruments, fed per goroutine; attributes are built once per
 //! creation site.
 
-use crate::model::{Goroutine, Sink};
+use crate::model::{Goroutine, Sink, Site, SiteDelta};
 use opentelemetry::{
     KeyValue,
     metrics::{Counter, Histogram, Meter, UpDownCounter},
@@ -80,8 +80,8 @@ impl OtlpSink {
         }
     }
 
-    fn attrs(&mut self, g: &Goroutine) -> Arc<[KeyValue]> {
-        if let Some(a) = self.sites.get(&g.site.id) {
+    fn attrs(&mut self, site: &Site, pid: u32) -> Arc<[KeyValue]> {
+        if let Some(a) = self.sites.get(&site.id) {
             return a.clone();
         }
         let name = |f: &Option<crate::gobin::Frame>| {
@@ -89,9 +89,9 @@ impl OtlpSink {
                 .map(|f| f.function.clone())
                 .unwrap_or_else(|| "unknown".into())
         };
-        let (mut creator, mut start) = (name(&g.site.creator), name(&g.site.start));
-        let mut stack = self.stack_attribute.then(|| stack_text(&g.site.stack));
-        let seen = self.per_process.entry(g.pid).or_default();
+        let (mut creator, mut start) = (name(&site.creator), name(&site.start));
+        let mut stack = self.stack_attribute.then(|| stack_text(&site.stack));
+        let seen = self.per_process.entry(pid).or_default();
         let key = (
             creator.clone(),
             start.clone(),
@@ -114,12 +114,11 @@ impl OtlpSink {
             a.push(KeyValue::new("go.goroutine.stack", stack));
         }
         a.extend([
-            KeyValue::new("process.pid", g.pid as i64),
+            KeyValue::new("process.pid", pid as i64),
             KeyValue::new("process.runtime.name", "go"),
             KeyValue::new(
                 "process.runtime.version",
-                g.site
-                    .proc
+                site.proc
                     .as_deref()
                     .map(|p| p.runtime_version.clone())
                     .unwrap_or_else(|| self.version.clone()),
@@ -128,7 +127,7 @@ impl OtlpSink {
         if let Some(exe) = &self.exe {
             a.push(KeyValue::new("process.executable.path", exe.clone()));
         }
-        if let Some(p) = g.site.proc.as_deref() {
+        if let Some(p) = site.proc.as_deref() {
             a.push(KeyValue::new("process.executable.path", p.binary.clone()));
             if let Some(c) = &p.container_id {
                 a.push(KeyValue::new("container.id", c.clone()));
@@ -142,7 +141,7 @@ impl OtlpSink {
         }
         self.count_series(&a);
         let a: Arc<[KeyValue]> = a.into();
-        self.sites.insert(g.site.id, a.clone());
+        self.sites.insert(site.id, a.clone());
         a
     }
 
@@ -191,13 +190,30 @@ fn stack_text(stack: &[crate::gobin::Frame]) -> String {
 
 impl Sink for OtlpSink {
     fn created(&mut self, g: &Goroutine) {
-        let a = self.attrs(g);
+        let a = self.attrs(&g.site, g.pid);
         self.created.add(1, &a);
         self.live.add(1, &a);
     }
 
+    fn counted(&mut self, site: &Site, pid: u32, d: &SiteDelta) {
+        let a = self.attrs(site, pid);
+        self.created.add(d.created, &a);
+        self.exited.add(d.exited, &a);
+        self.live.add(d.created as i64 - d.exited as i64, &a);
+        // The SDK takes one value at a time. Each kernel bucket's mean lies
+        // inside it, and the kernel's bounds include the explicit buckets'
+        // (and, for the exponential histogram, every power of two in
+        // range), so counts land in the right buckets and sums are exact.
+        for &(_, b) in d.buckets {
+            let mean = b.sum_ns as f64 / b.count.max(1) as f64 / 1e9;
+            for _ in 0..b.count {
+                self.lifetime.record(mean, &a);
+            }
+        }
+    }
+
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
-        let a = self.attrs(g);
+        let a = self.attrs(&g.site, g.pid);
         self.exited.add(1, &a);
         self.live.add(-1, &a);
         self.lifetime

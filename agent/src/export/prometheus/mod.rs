@@ -8,6 +8,7 @@
 //! goroutine, when it exits (gmon re-observed every live goroutine every
 //! 500 ms, counting long-lived ones many times).
 
+mod histogram;
 mod sink;
 
 pub use sink::PromSink;
@@ -15,8 +16,8 @@ pub use sink::PromSink;
 use crate::model::{STACK_LABELS, Stats};
 use agent_common::counter;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use std::{net::SocketAddr, sync::Arc};
 
@@ -38,11 +39,13 @@ pub struct Metrics {
     pub registry: Registry,
     creation: IntCounterVec,
     exit: IntCounterVec,
-    uptime: HistogramVec,
+    uptime: histogram::BulkHistogramVec,
     /// events_received_total{kind="create"} and {kind="exit"}, resolved
     /// once: the hot path must not hash labels.
     received: [IntCounter; 2],
     kernel_events: IntCounterVec,
+    kernel_counted: IntCounterVec,
+    sites_overflowed: IntCounter,
     events_lost: IntCounterVec,
     stack_failures: IntCounterVec,
     untracked_exits: IntCounter,
@@ -176,7 +179,7 @@ impl Metrics {
             "The number of goroutines that have been exited",
             &family_labels,
         )?;
-        let uptime = HistogramVec::new(
+        let uptime = histogram::new_vec(
             HistogramOpts::new("gmon_goroutine_uptime", "Uptime of goroutines in seconds")
                 .buckets(GMON_BUCKETS.to_vec()),
             &family_labels,
@@ -199,10 +202,21 @@ impl Metrics {
                 "Goroutine events the kernel probes wrote to the ring buffer, by kind",
                 &["kind"],
             )?,
+            kernel_counted: counter_vec(
+                &r,
+                "gmon_agent_kernel_goroutines_counted_total",
+                "Aggregate mode: goroutine creations and exits the kernel probes counted per site, by kind",
+                &["kind"],
+            )?,
+            sites_overflowed: counter(
+                &r,
+                "gmon_agent_sites_overflowed_total",
+                "Aggregate mode: creations counted in the overflow site (creator=\"overflow\") because every kernel site slot was taken",
+            )?,
             events_lost: counter_vec(
                 &r,
                 "gmon_agent_events_lost_total",
-                "Goroutine events lost, by reason (ringbuf_full, read_g_failed, scratch_busy, proc_ringbuf_full: kernel; malformed: user space)",
+                "Goroutine events lost, by reason (ringbuf_full, read_g_failed, scratch_busy, proc_ringbuf_full, live_full: kernel; malformed: user space)",
                 &["reason"],
             )?,
             stack_failures: counter_vec(
@@ -393,6 +407,21 @@ impl Metrics {
         self.stack_failures
             .with_label_values(&["kernel"])
             .inc_by(d[counter::STACK_FAILED as usize]);
+        self.kernel_counted
+            .with_label_values(&["create"])
+            .inc_by(d[counter::CREATE_COUNTED as usize]);
+        self.kernel_counted
+            .with_label_values(&["exit"])
+            .inc_by(d[counter::EXIT_COUNTED as usize]);
+        self.sites_overflowed
+            .inc_by(d[counter::SITE_OVERFLOW as usize]);
+        // A goroutine left out of the live table: its exit cannot be
+        // matched, so it is an exit lost.
+        self.events_lost
+            .with_label_values(&["live_full"])
+            .inc_by(d[counter::LIVE_FULL as usize]);
+        self.untracked_exits
+            .inc_by(d[counter::EXIT_UNTRACKED as usize]);
     }
 
     /// Adds the tracker's anomaly counts' increase from `before` to `now`.

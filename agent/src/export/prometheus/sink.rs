@@ -1,16 +1,16 @@
 //! Feeds gmon's families from the trackers, one cached set of series
 //! handles per creation site.
 
-use super::Metrics;
-use crate::model::{Goroutine, Sink, stack_labels};
-use prometheus::{Histogram, IntCounter};
+use super::{Metrics, histogram::BulkHistogram};
+use crate::model::{Goroutine, Sink, Site, SiteDelta, stack_labels};
+use prometheus::IntCounter;
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 struct SiteSeries {
     creation: IntCounter,
     exit: IntCounter,
-    uptime: Histogram,
+    uptime: BulkHistogram,
     /// Node mode: the label values, to delete the series with the process.
     labels: Option<Vec<String>>,
 }
@@ -30,14 +30,14 @@ impl PromSink {
         }
     }
 
-    fn series(&mut self, g: &Goroutine) -> &SiteSeries {
+    fn series(&mut self, site: &Site) -> &SiteSeries {
         let m = &self.metrics;
-        self.sites.entry(g.site.id).or_insert_with(|| {
-            let mut labels: Vec<&str> = stack_labels(&g.site.stack).to_vec();
+        self.sites.entry(site.id).or_insert_with(|| {
+            let mut labels: Vec<&str> = stack_labels(&site.stack).to_vec();
             let pid;
             let k8s;
             if m.node {
-                let p = g.site.proc.as_deref();
+                let p = site.proc.as_deref();
                 pid = p.map(|p| p.pid.to_string()).unwrap_or_default();
                 labels.push(&pid);
                 labels.push(p.map(|p| p.binary.as_str()).unwrap_or(""));
@@ -66,14 +66,25 @@ impl PromSink {
 
 impl Sink for PromSink {
     fn created(&mut self, g: &Goroutine) {
-        self.series(g).creation.inc();
+        self.series(&g.site).creation.inc();
     }
 
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
-        let s = self.series(g);
+        let s = self.series(&g.site);
         s.exit.inc();
-        s.uptime
-            .observe(exited_ns.saturating_sub(g.created_ns) as f64 / 1e9);
+        s.uptime.observe_ns(exited_ns.saturating_sub(g.created_ns));
+    }
+
+    fn counted(&mut self, site: &Site, _pid: u32, d: &SiteDelta) {
+        let s = self.series(site);
+        s.creation.inc_by(d.created);
+        s.exit.inc_by(d.exited);
+        // The kernel's bounds include gmon's: each kernel bucket lies
+        // inside one of ours, the one its upper bound falls in.
+        for &(i, b) in d.buckets {
+            s.uptime
+                .add(s.uptime.bucket_of(d.upper_secs(i)), b.count, b.sum_ns);
+        }
     }
 
     fn site_gone(&mut self, site_id: u64) {

@@ -1,0 +1,196 @@
+//! Aggregate mode: the kernel counts per site, and the pipeline reads the
+//! totals at housekeeping (and before a process's state goes), resolves
+//! each new slot to its process's site once, and hands the deltas to the
+//! sinks. Nothing per goroutine reaches user space.
+
+use super::{Pipeline, Target};
+use crate::{
+    model::{
+        Sink, Site,
+        aggregate::{Slot, lifetime_bounds},
+    },
+    probes::{KernelSites, KernelStacks},
+};
+use agent_common::{Bucket, LifetimeBounds, MAX_SITES, OVERFLOW_SITE, SiteKey};
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::Arc;
+
+/// The kernel's bucket bounds for these exporters' buckets (seconds).
+pub fn bounds(sets: &[&[f64]]) -> Result<LifetimeBounds, String> {
+    lifetime_bounds(sets).map_err(|n| {
+        format!(
+            "{n} distinct lifetime bucket bounds, the kernel holds at most {}",
+            agent_common::LIFETIME_BUCKETS - 1
+        )
+    })
+}
+
+pub(super) struct Aggregates {
+    kernel: KernelSites,
+    bounds: Vec<u64>,
+    slots: Vec<Option<Slot>>,
+    /// The slots of each process, to read and free them when it goes.
+    by_pid: HashMap<u32, Vec<u32>>,
+    overflow: Slot,
+    buf: Vec<(usize, Bucket)>,
+    /// Reused by every read: (slot, key) of the slots in use.
+    scan: Vec<(u32, SiteKey)>,
+    /// The kernel may have taken slots since the last read (set after each
+    /// drain): a process's release needs a read first, once per drain.
+    pub stale: bool,
+    /// Goroutines live, over the sites of admitted processes.
+    pub live: i64,
+}
+
+impl Aggregates {
+    pub(super) fn new(kernel: KernelSites) -> Self {
+        Aggregates {
+            bounds: kernel.bounds().to_vec(),
+            kernel,
+            slots: (0..MAX_SITES).map(|_| None).collect(),
+            by_pid: HashMap::default(),
+            overflow: Slot::new(SiteKey::default(), Some(Arc::new(Site::overflow()))),
+            buf: Vec::new(),
+            scan: Vec::new(),
+            stale: true,
+            live: 0,
+        }
+    }
+
+    /// Hands one slot's delta to the sink.
+    fn report(&mut self, slot: u32, sink: &mut dyn Sink) {
+        let now = self.kernel.totals(slot);
+        let (s, bounds, buf) = match slot {
+            OVERFLOW_SITE => (&mut self.overflow, &self.bounds, &mut self.buf),
+            _ => match &mut self.slots[slot as usize] {
+                Some(s) => (s, &self.bounds, &mut self.buf),
+                None => return,
+            },
+        };
+        let Some(site) = s.site.clone() else {
+            return;
+        };
+        let pid = s.key.pid;
+        let kernel = &self.kernel;
+        s.take_delta(
+            now,
+            || kernel.lifetimes(slot),
+            bounds,
+            buf,
+            |d| sink.counted(&site, pid, d),
+        );
+    }
+
+    /// Frees the slots of `pid`, after a last read.
+    fn release(&mut self, pid: u32, sink: &mut dyn Sink) {
+        for slot in self.by_pid.remove(&pid).unwrap_or_default() {
+            self.report(slot, sink);
+            self.kernel.free(slot);
+            self.slots[slot as usize] = None;
+        }
+    }
+
+    /// Sites of `pid` are to be resolved again (its labels changed).
+    pub(super) fn relabel(&mut self, pid: u32) {
+        for &slot in self.by_pid.get(&pid).into_iter().flatten() {
+            if let Some(s) = &mut self.slots[slot as usize] {
+                s.site = None;
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// Reads every site's totals and hands what grew to the sinks.
+    pub(super) fn collect(&mut self, stacks: &mut KernelStacks) {
+        let Some(mut agg) = self.agg.take() else {
+            return;
+        };
+        let mut in_use = std::mem::take(&mut agg.scan);
+        in_use.clear();
+        in_use.extend(agg.kernel.in_use());
+        let mut live = 0;
+        let mut gone = Vec::new();
+        for &(slot, key) in &in_use {
+            let fresh = agg.slots[slot as usize]
+                .as_ref()
+                .is_none_or(|s| s.key != key);
+            if fresh {
+                agg.slots[slot as usize] = Some(Slot::new(key, None));
+                agg.by_pid.entry(key.pid).or_default().push(slot);
+            }
+            if agg.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|s| s.site.is_none())
+            {
+                match self.site_of(&key, stacks) {
+                    Some(site) => agg.slots[slot as usize].as_mut().expect("set").site = Some(site),
+                    // Not admitted: its counts are not reported, and its
+                    // slots go once it exits.
+                    None => {
+                        if !self.procs.contains_key(&key.pid) && !pid_alive(key.pid) {
+                            gone.push(key.pid);
+                        }
+                        continue;
+                    }
+                }
+            }
+            agg.report(slot, &mut self.sinks);
+            live += agg.slots[slot as usize].as_ref().map_or(0, Slot::live);
+        }
+        agg.report(OVERFLOW_SITE, &mut self.sinks);
+        agg.live = live + agg.overflow.live();
+        agg.scan = in_use;
+        agg.stale = false;
+        gone.sort_unstable();
+        gone.dedup();
+        for pid in gone {
+            agg.release(pid, &mut self.sinks);
+            agg.kernel.forget_live(pid);
+        }
+        self.agg = Some(agg);
+    }
+
+    /// The site of a slot's key, if its process is admitted.
+    fn site_of(&mut self, key: &SiteKey, stacks: &mut KernelStacks) -> Option<Arc<Site>> {
+        let id = match self.procs.get(&key.pid) {
+            Some(p) => p.bin,
+            None if self.ignored.contains_key(&key.pid) => return None,
+            None => {
+                // Counted before its exec event was read, as `on_event`.
+                match &self.target {
+                    Target::Binary { bin, .. } => {
+                        let id = bin.id;
+                        self.admit(key.pid, id);
+                    }
+                    Target::Node(_) => self.start(key.pid, None, stacks),
+                }
+                self.procs.get(&key.pid)?.bin
+            }
+        };
+        let b = self.bins.get_mut(&id)?;
+        Some(
+            b.tracker
+                .site(key.pid, (key.stack, key.gopc, key.startpc), stacks),
+        )
+    }
+
+    /// Aggregate mode: process `pid` (still tracked) is going; read its
+    /// sites one last time, free them and its live goroutines; returns how
+    /// many were live.
+    pub(super) fn release_process(&mut self, pid: u32, stacks: &mut KernelStacks) -> u64 {
+        match &self.agg {
+            None => return 0,
+            // Slots it took since the last read are found by a full read.
+            Some(a) if a.stale => self.collect(stacks),
+            Some(_) => {}
+        }
+        let agg = self.agg.as_mut().expect("checked");
+        agg.release(pid, &mut self.sinks);
+        agg.kernel.forget_live(pid)
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
