@@ -62,6 +62,31 @@ static STACK_DEPTH: u32 = 0;
 #[unsafe(no_mangle)]
 static AGGREGATE: u32 = 0;
 
+/// For the overhead benchmark's cost ladder only: nonzero N makes the
+/// aggregate-mode creation (exit) program return after its step N, so the
+/// time each step adds can be measured. 0 (always, in the agent) runs
+/// every step; the verifier drops the checks (load-time constants).
+#[unsafe(no_mangle)]
+static CREATE_STOP_AFTER: u32 = 0;
+#[unsafe(no_mangle)]
+static EXIT_STOP_AFTER: u32 = 0;
+
+#[inline(always)]
+fn stop_at(limit: &u32, step: u32) -> bool {
+    let s = unsafe { core::ptr::read_volatile(limit) };
+    s != 0 && s <= step
+}
+
+#[inline(always)]
+fn stop_after(step: u32) -> bool {
+    stop_at(&CREATE_STOP_AFTER, step)
+}
+
+#[inline(always)]
+fn exit_stop_after(step: u32) -> bool {
+    stop_at(&EXIT_STOP_AFTER, step)
+}
+
 /// Bytes of stack memory read at once while walking frames: one helper
 /// call usually covers several Go frames.
 const STACK_WINDOW: usize = 1024;
@@ -210,6 +235,7 @@ fn send(ev: &GoroutineEvent, sent_counter: u32, events: &mut u64) {
 pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
     if let Some(off) = offsets(&ctx)
         && let Some(sc) = claim()
+        && !stop_after(1)
     {
         newproc1_event(&ctx, off, sc);
         release(sc);
@@ -224,6 +250,9 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     if len == 0 || len > G_WINDOW || !read_user(sc.g.as_mut_ptr(), len, g + off.window_start as u64)
     {
         count(counter::READ_G_FAILED);
+        return;
+    }
+    if stop_after(2) {
         return;
     }
     let field = |at: u64| -> u64 {
@@ -247,6 +276,9 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
         NO_STACK
     };
     if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
+        if stop_after(3) {
+            return;
+        }
         let key = SiteKey {
             pid,
             _pad: 0,
@@ -288,8 +320,14 @@ fn add(p: *mut u64, v: u64) {
 #[inline(always)]
 fn count_create(key: &SiteKey, goid: u64) {
     let slot = site_slot(key);
+    if stop_after(4) {
+        return;
+    }
     if let Some(c) = SITE_TOTALS.get_ptr_mut(slot) {
         add(unsafe { &raw mut (*c).created }, 1);
+    }
+    if stop_after(5) {
+        return;
     }
     let live = LiveGoroutine {
         created_ns: unsafe { bpf_ktime_get_ns() },
@@ -350,12 +388,21 @@ fn count_exit(pid: u32, goid: u64) {
         count(counter::EXIT_UNTRACKED);
         return;
     };
+    if exit_stop_after(3) {
+        return;
+    }
     let LiveGoroutine {
         created_ns, site, ..
     } = unsafe { *live };
     let _ = LIVE.remove(&lk);
+    if exit_stop_after(4) {
+        return;
+    }
     let life = unsafe { bpf_ktime_get_ns() }.saturating_sub(created_ns);
     let b = bucket(life);
+    if exit_stop_after(5) {
+        return;
+    }
     // Lifetime first: user space reads the buckets once it sees exits grow.
     if let Some(l) = SITE_LIFETIMES.get_ptr_mut(site) {
         unsafe {
@@ -518,9 +565,13 @@ pub fn goexit1(ctx: ProbeContext) -> u32 {
         return 0;
     };
     if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
+        if exit_stop_after(1) {
+            return 0;
+        }
         // No scratch space needed: the live table is the only state.
         let g = unsafe { (*ctx.regs).r14 };
         match unsafe { bpf_probe_read_user((g + off.goid) as *const u64) } {
+            Ok(_) if exit_stop_after(2) => {}
             Ok(goid) => count_exit((bpf_get_current_pid_tgid() >> 32) as u32, goid),
             Err(_) => count(counter::READ_G_FAILED),
         }

@@ -1,24 +1,29 @@
 //! Overhead benchmark (needs root): a Go program that creates goroutines as
-//! fast as it can, timed per goroutine (create + run + exit) in three modes,
+//! fast as it can, timed per goroutine (create + run + exit), every mode
 //! interleaved in one run so the ratios compare like with like:
 //!
 //! * untraced
 //! * old floor: an empty program on newproc1's RETs and goexit1's entry
 //!   (single-stepped sites: the bare trap cost every peer pays)
 //! * new floor: an empty program on the emulated sites the agent uses
-//! * gmon-agent: the real agent binary, stacks on, logging to /dev/null
-//! * gmon-agent --level WARN --stack-depth 0: no per-goroutine output
+//! * gmon-agent in aggregate mode (`--level WARN`, no per-goroutine
+//!   output: the kernel counts), without and with creation stacks
+//! * gmon-agent with gmon's log lines and stacks (`--level INFO`)
 //! * a bpftrace one-liner with the same counts (if bpftrace is installed)
-//! * with BASELINE_AGENT=path, another agent build the same way (before/after)
+//! * with BASELINE_AGENT=path, another agent build (before/after)
 //!
-//! Prints per-mode medians, the ratio gmon-agent / floor, the agent's CPU
-//! time per million events, and events lost.
+//! Then: the per-site totals after EXACT goroutines (10M) in aggregate
+//! mode against the fixture's own count, and the cost ladder: the
+//! aggregate programs stopped after each step, so the in-kernel time of
+//! each helper and map operation shows.
 //!
-//! Run: sudo cargo bench -p agent --bench overhead  (ROUNDS, N to change size)
+//! Run: sudo cargo bench -p agent --bench overhead  (N, ROUNDS, REPS, EXACT)
 
 use e2e::{Proc, fixture, free_port, http_get, wait_for};
 use gmon_agent::{
+    export::prometheus::GMON_BUCKETS,
     gobin::GoBinary,
+    pipeline::lifetime_bounds,
     probes::{Probes, SiteClass, SitePolicy},
 };
 use std::{
@@ -51,11 +56,16 @@ fn churn(n: u32, rounds: u32) -> f64 {
 struct AgentRun {
     ns: f64,
     cpu_ns: f64,
+    /// Goroutines the fixture created.
+    goroutines: f64,
+    /// Events received, or goroutines the kernel counted (aggregate mode).
     events: f64,
     lost: f64,
     create_hits: (f64, f64),
     exit_hits: (f64, f64),
     rss_kib: f64,
+    /// Created, exited and lifetimes observed at the fixture's site.
+    site: (f64, f64, f64),
 }
 
 /// Starts an agent binary on the churn fixture, times a churn run under it,
@@ -85,17 +95,34 @@ fn run_agent(exe: &str, bin: &GoBinary, args: &str, n: u32, rounds: u32) -> Agen
     .expect("agent attached");
     let cpu0 = cpu_ticks(a.pid());
     let ns = churn(n, rounds);
+    // Read the kernel's run-time statistics before the agent unloads them.
+    let (create_hits, exit_hits) = (prog_runs("newproc1_ret"), prog_runs("goexit1"));
     // Let the agent drain what is still in the ring buffer.
     std::thread::sleep(Duration::from_millis(1500));
     let cpu1 = cpu_ticks(a.pid());
     let (_, body) = http_get(port, "/metrics").unwrap();
+    // The fixture's goroutines: created in main.main, started at
+    // main.nothing (the stack labels name main.main when stacks are on).
+    let at_site = |family: &str| {
+        body.lines()
+            .filter(|l| l.starts_with(family) && l.contains("main.main"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
     let r = AgentRun {
         ns,
         cpu_ns: (cpu1 - cpu0) as f64 * tick_ns,
-        events: metric(&body, "gmon_agent_events_received_total"),
+        goroutines: n as f64 * rounds as f64,
+        events: metric(&body, "gmon_agent_events_received_total")
+            + metric(&body, "gmon_agent_kernel_goroutines_counted_total"),
         lost: metric(&body, "gmon_agent_events_lost_total"),
-        create_hits: prog_runs("newproc1_ret"),
-        exit_hits: prog_runs("goexit1"),
+        create_hits,
+        exit_hits,
+        site: (
+            at_site("gmon_goroutine_creation{"),
+            at_site("gmon_goroutine_exit{"),
+            at_site("gmon_goroutine_uptime_count{"),
+        ),
         rss_kib: std::fs::read_to_string(format!("/proc/{}/status", a.pid()))
             .ok()
             .and_then(|st| {
@@ -176,8 +203,10 @@ struct Totals {
     ns: Vec<f64>,
     rss_kib: Vec<f64>,
     cpu_ns: f64,
+    goroutines: f64,
     events: f64,
     lost: f64,
+    hits: (f64, f64),
 }
 
 impl Totals {
@@ -185,13 +214,78 @@ impl Totals {
         self.ns.push(r.ns);
         self.rss_kib.push(r.rss_kib);
         self.cpu_ns += r.cpu_ns;
+        self.goroutines += r.goroutines;
         self.events += r.events;
         self.lost += r.lost;
+        // In-kernel time per goroutine: one creation and one exit hit.
+        self.hits.0 += r.create_hits.0;
+        self.hits.1 += r.create_hits.1 + r.exit_hits.1;
     }
 
-    /// Agent CPU seconds per million goroutines (a creation and an exit each).
+    /// Agent CPU seconds per million goroutines.
     fn cpu_per_million(&self) -> f64 {
-        self.cpu_ns / 1e9 / (self.events / 2e6)
+        self.cpu_ns / 1e9 / (self.goroutines / 1e6)
+    }
+
+    /// In-kernel ns per goroutine (creation + exit programs).
+    fn kernel_ns(&self) -> f64 {
+        self.hits.1 / self.hits.0
+    }
+}
+
+/// The aggregate programs stopped after each step, attached to the churn
+/// fixture: in-kernel ns per hit at each step, so each helper and map
+/// operation's cost shows as the difference to the step before.
+fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
+    let bounds = lifetime_bounds(&[&GMON_BUCKETS]).unwrap();
+    let per_hit = |(c, t): (f64, f64)| if c > 0.0 { t / c } else { f64::NAN };
+    let run = |stops: (u32, u32)| {
+        let (mut probes, _maps) = Probes::load_ladder(0, Some(&bounds), stops).unwrap();
+        let att = probes.attach(bin, None).unwrap();
+        churn(n, rounds);
+        let r = (
+            per_hit(prog_runs("newproc1_ret")),
+            per_hit(prog_runs("goexit1")),
+        );
+        probes.detach(att);
+        r
+    };
+    println!("cost ladder, aggregate mode without stacks: in-kernel ns per hit after each step");
+    let create = [
+        "binary's offsets (attach cookie) + per-CPU scratch",
+        "+ read runtime.g (goid, gopc, startpc: one bpf_probe_read_user)",
+        "+ bpf_get_current_pid_tgid",
+        "+ site slot (SITE_IDS hash lookup)",
+        "+ created += 1 (atomic add, SITE_TOTALS)",
+        "+ bpf_ktime_get_ns + LIVE insert + counter (all)",
+    ];
+    let exit = [
+        "binary's offsets (attach cookie)",
+        "+ read goid (bpf_probe_read_user)",
+        "+ bpf_get_current_pid_tgid + LIVE lookup",
+        "+ LIVE delete",
+        "+ bpf_ktime_get_ns + bucket (binary search, 6 steps)",
+        "+ exited, bucket count and sum += (3 atomic adds) + counter (all)",
+    ];
+    let mut prev = 0.0;
+    println!("  creation (newproc1 site)");
+    for (i, what) in create.iter().enumerate() {
+        let step = if i + 1 == create.len() {
+            0
+        } else {
+            i as u32 + 1
+        };
+        let ns = run((step, 0)).0;
+        println!("    {what:66} {ns:6.0} ({:+.0})", ns - prev);
+        prev = ns;
+    }
+    prev = 0.0;
+    println!("  exit (goexit1 site)");
+    for (i, what) in exit.iter().enumerate() {
+        let step = if i + 1 == exit.len() { 0 } else { i as u32 + 1 };
+        let ns = run((0, step)).1;
+        println!("    {what:66} {ns:6.0} ({:+.0})", ns - prev);
+        prev = ns;
     }
 }
 
@@ -204,24 +298,29 @@ fn main() {
     let n = env_or("N", 100_000);
     let rounds = env_or("ROUNDS", 3);
     let reps = env_or("REPS", 5);
-    // Extra agent flags, e.g. AGENT_ARGS="--stack-depth 0" to see what stacks cost.
-    let agent_args = std::env::var("AGENT_ARGS").unwrap_or_default();
-    // No per-goroutine output: no log lines, no stacks.
-    let quiet_args = "--level WARN --stack-depth 0";
+    let exact = env_or("EXACT", 10_000_000);
+    // Extra flags for every agent mode, e.g. AGENT_ARGS="--probe-sites ret".
+    let extra = std::env::var("AGENT_ARGS").unwrap_or_default();
+    let modes = [
+        ("aggregate, no stacks", "--level WARN --stack-depth 0"),
+        ("aggregate, stacks", "--level WARN"),
+        ("gmon lines + stacks", "--level INFO"),
+    ]
+    .map(|(name, args)| (name, format!("{args} {extra}")));
     // BASELINE_AGENT=path: another gmon-agent build (e.g. before a change),
-    // run interleaved with the same flags, for a before/after in one run.
+    // run interleaved with gmon's lines and stacks, for a before/after.
     let baseline_bin = std::env::var("BASELINE_AGENT").ok();
     let bin = GoBinary::analyse(&fixture("churn")).unwrap();
     let exe = env!("CARGO_BIN_EXE_gmon-agent");
 
     let (mut untraced, mut floor, mut new_floor, mut bpftrace) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut agent, mut quiet, mut baseline) =
-        (Totals::default(), Totals::default(), Totals::default());
+    let mut agents: Vec<Totals> = modes.iter().map(|_| Totals::default()).collect();
+    let mut baseline = Totals::default();
     // In-kernel time per probe hit, from the kernel's BPF run-time statistics
     // (enabled while this fd is open; they add ~20 ns per hit to all modes).
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
-    let (mut noop_hits, mut create_hits, mut exit_hits) = ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0));
+    let (mut old_hits, mut new_hits) = ((0.0, 0.0), (0.0, 0.0));
     let add = |acc: &mut (f64, f64), (c, t): (f64, f64)| {
         acc.0 += c;
         acc.1 += t;
@@ -234,89 +333,116 @@ fn main() {
             probes.set_site_policy(SitePolicy::Ret);
             probes.attach_noop(&bin).unwrap();
             floor.push(churn(n, rounds));
-            add(&mut noop_hits, prog_runs("noop"));
+            add(&mut old_hits, prog_runs("noop"));
         }
         {
             let (mut probes, _maps) = Probes::load(0, None).unwrap();
             let att = probes.attach_noop(&bin).unwrap();
             assert_eq!(att.class, SiteClass::Emulated, "churn has emulated sites");
             new_floor.push(churn(n, rounds));
+            add(&mut new_hits, prog_runs("noop"));
         }
-        let r = run_agent(exe, &bin, &agent_args, n, rounds);
-        add(&mut create_hits, r.create_hits);
-        add(&mut exit_hits, r.exit_hits);
-        agent.add(&r);
-        quiet.add(&run_agent(exe, &bin, quiet_args, n, rounds));
+        for ((_, args), t) in modes.iter().zip(agents.iter_mut()) {
+            t.add(&run_agent(exe, &bin, args, n, rounds));
+        }
         if let Some(ns) = bpftrace_run(&bin, n, rounds) {
             bpftrace.push(ns);
         }
         if let Some(b) = &baseline_bin {
-            baseline.add(&run_agent(b, &bin, &agent_args, n, rounds));
+            baseline.add(&run_agent(b, &bin, &modes[2].1, n, rounds));
         }
     }
 
     let us = |v: &mut Vec<f64>| median(v) / 1e3;
     let (u, f, nf) = (us(&mut untraced), us(&mut floor), us(&mut new_floor));
-    let (g, q) = (us(&mut agent.ns), us(&mut quiet.ns));
     let goroutines = n as u64 * rounds as u64;
     println!(
         "overhead benchmark: {goroutines} goroutines x {reps} repetitions, GOMAXPROCS=2, medians, us per goroutine"
     );
-    println!("  untraced                               {u:8.2}");
-    println!("  old floor (empty, RET + entry)         {f:8.2}");
-    println!("  new floor (empty, emulated sites)      {nf:8.2}");
-    println!("  gmon-agent {agent_args:27} {g:8.2}");
-    println!("  gmon-agent {quiet_args:27} {q:8.2}");
+    println!("  untraced                                 {u:8.2}");
+    println!("  old floor (empty, RET + entry)           {f:8.2}");
+    println!("  new floor (empty, emulated sites)        {nf:8.2}");
+    let mut agent_us = Vec::new();
+    for ((name, args), t) in modes.iter().zip(agents.iter_mut()) {
+        let g = us(&mut t.ns);
+        agent_us.push(g);
+        println!("  gmon-agent, {name:28} {g:8.2}  ({})", args.trim());
+    }
     if bpftrace.is_empty() {
-        println!("  bpftrace one-liner                     (not installed or could not attach)");
+        println!("  bpftrace one-liner                       (not installed or could not attach)");
     } else {
         println!(
-            "  bpftrace one-liner                     {:8.2} (uprobes on newproc1 and goexit1, count by 5-frame ustack)",
+            "  bpftrace one-liner                       {:8.2}  (uprobes on newproc1 and goexit1, count by 5-frame ustack)",
             us(&mut bpftrace)
         );
     }
     let bl = baseline_bin.as_ref().map(|_| us(&mut baseline.ns));
     if let (Some(b), Some(bl)) = (&baseline_bin, bl) {
-        println!("  baseline agent {agent_args:23} {bl:8.2} ({b})");
+        println!("  baseline agent, gmon lines + stacks      {bl:8.2}  ({b})");
     }
-    println!("ratios");
     println!(
-        "  gmon-agent / old floor {:8.3}, / new floor {:8.3}",
-        g / f,
-        g / nf
+        "ratios (targets: aggregate <= 0.10 x old floor and <= 1.3 x new floor; gmon lines + stacks <= 0.15 x old floor)"
     );
-    println!(
-        "  quiet agent / old floor {:8.3}, / new floor {:8.3}",
-        q / f,
-        q / nf
-    );
+    for ((name, _), g) in modes.iter().zip(&agent_us) {
+        println!(
+            "  {name:28} / old floor {:6.3}, / new floor {:6.3}",
+            g / f,
+            g / nf
+        );
+    }
     if let Some(bl) = bl {
         println!(
-            "  gmon-agent / baseline  {:8.3}, baseline / old floor {:8.3}",
-            g / bl,
+            "  gmon lines + stacks / baseline {:6.3}, baseline / old floor {:6.3}",
+            agent_us[2] / bl,
             bl / f
         );
     }
-    println!("agent CPU per 1M goroutines, events lost, RSS at the end (median)");
-    let modes = [("gmon-agent", &mut agent), ("quiet agent", &mut quiet)];
-    for (name, t) in modes.into_iter().chain(
+    println!(
+        "agent cost (targets: CPU per 1M goroutines <= 0.01 s aggregate, <= 0.08 s with lines; in-kernel <= 250 ns aggregate, <= 600 ns with stacks and events)"
+    );
+    let per_hit = |(c, t): (f64, f64)| if c > 0.0 { t / c } else { f64::NAN };
+    println!(
+        "  empty programs: {:.0} ns per hit on the old sites, {:.0} on the new",
+        per_hit(old_hits),
+        per_hit(new_hits)
+    );
+    let named = modes.iter().map(|(n, _)| *n).zip(agents.iter_mut());
+    for (name, t) in named.chain(
         baseline_bin
             .as_ref()
             .map(|_| ("baseline agent", &mut baseline)),
     ) {
         println!(
-            "  {name:15} {:8.3} s, {} lost ({} events), {:6.1} MiB",
+            "  {name:28} CPU {:6.3} s per 1M goroutines, in-kernel {:5.0} ns per goroutine, {} lost of {} counted, RSS at the end {:5.1} MiB",
             t.cpu_per_million(),
+            t.kernel_ns(),
             t.lost,
             t.events,
             median(&mut t.rss_kib) / 1024.0
         );
     }
-    let per_hit = |(c, t): (f64, f64)| if c > 0.0 { t / c } else { f64::NAN };
-    println!(
-        "in-kernel ns per probe hit: empty {:.0}, creation {:.0}, exit {:.0}",
-        per_hit(noop_hits),
-        per_hit(create_hits),
-        per_hit(exit_hits)
+
+    // Exact totals in aggregate mode after many goroutines.
+    let rounds_x = 10;
+    let r = run_agent(
+        exe,
+        &bin,
+        &format!("--level WARN {extra}"),
+        exact / rounds_x,
+        rounds_x,
     );
+    let want = (exact / rounds_x * rounds_x) as f64;
+    println!(
+        "exactness, aggregate mode: {want} goroutines created at main.main; the agent counted created {}, exited {}, lifetimes {}; {} lost{}",
+        r.site.0,
+        r.site.1,
+        r.site.2,
+        r.lost,
+        if r.site == (want, want, want) && r.lost == 0.0 {
+            " (exact)"
+        } else {
+            " (NOT EXACT)"
+        }
+    );
+    ladder(&bin, n, rounds);
 }

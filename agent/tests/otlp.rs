@@ -22,6 +22,14 @@ fn spawner_counts_reach_victoriametrics_exactly() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // One event per goroutine (INFO), and counted in the kernel (WARN).
+    for level in ["INFO", "WARN"] {
+        eprintln!("--level {level}");
+        spawner_counts_exact(level);
+    }
+}
+
+fn spawner_counts_exact(level: &str) {
     let data = tempfile::tempdir().unwrap();
     let vm_port = free_port();
     let _vm = victoria(vm_port, data.path());
@@ -29,7 +37,9 @@ fn spawner_counts_reach_victoriametrics_exactly() {
         Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
             .arg("--path")
             .arg(fixture("spawner"))
-            .args(["--metrics", "0"])
+            .args(["--metrics", "0", "--level", level])
+            // The "attached" line, whatever --level hides.
+            .env("GMON_AGENT_LOG", "gmon_agent=info")
             .env(
                 "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
                 format!("http://127.0.0.1:{vm_port}/opentelemetry/v1/metrics"),

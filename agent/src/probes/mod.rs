@@ -147,6 +147,17 @@ impl Probes {
         stack_depth: usize,
         aggregate: Option<&LifetimeBounds>,
     ) -> Result<(Self, Maps), Error> {
+        Self::load_ladder(stack_depth, aggregate, (0, 0))
+    }
+
+    /// `load`, with aggregate mode's programs stopping after a step
+    /// (creation, exit; 0 = all): the overhead benchmark's cost ladder.
+    #[doc(hidden)]
+    pub fn load_ladder(
+        stack_depth: usize,
+        aggregate: Option<&LifetimeBounds>,
+        (create_stop, exit_stop): (u32, u32),
+    ) -> Result<(Self, Maps), Error> {
         let depth = stack_depth.min(MAX_STACK_DEPTH) as u32;
         let agg = aggregate.is_some() as u32;
         let mut loader = EbpfLoader::new();
@@ -158,6 +169,8 @@ impl Probes {
         let mut ebpf = loader
             .override_global("STACK_DEPTH", &depth, true)
             .override_global("AGGREGATE", &agg, true)
+            .override_global("CREATE_STOP_AFTER", &create_stop, true)
+            .override_global("EXIT_STOP_AFTER", &exit_stop, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_eperm(&e) {
