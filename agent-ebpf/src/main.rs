@@ -138,9 +138,10 @@ static SITE_LIFETIMES: Array<SiteLifetimes> = Array::with_max_entries(MAX_SITES,
 static FREE_SITES: Stack<u32> = Stack::with_max_entries(MAX_SITES, 0);
 
 /// Aggregate mode: the live goroutines and when they were created.
+/// Preallocated: allocating per insert and freeing per delete (through
+/// RCU) cost 560 and 400 ns a goroutine here; the free list costs a tenth.
 #[map]
-static LIVE: HashMap<LiveKey, LiveGoroutine> =
-    HashMap::with_max_entries(LIVE_ENTRIES, BPF_F_NO_PREALLOC);
+static LIVE: HashMap<LiveKey, LiveGoroutine> = HashMap::with_max_entries(LIVE_ENTRIES, 0);
 
 /// Aggregate mode: the lifetime buckets' upper bounds (one entry).
 #[map]

@@ -19,7 +19,7 @@
 //!
 //! Run: sudo cargo bench -p agent --bench overhead  (N, ROUNDS, REPS, EXACT)
 
-use e2e::{Proc, fixture, free_port, http_get, wait_for};
+use e2e::{Proc, fixture, free_port, http_get, piped, wait_for};
 use gmon_agent::{
     export::prometheus::GMON_BUCKETS,
     gobin::GoBinary,
@@ -71,7 +71,6 @@ struct AgentRun {
 /// Starts an agent binary on the churn fixture, times a churn run under it,
 /// and reads its CPU time, event counts and in-kernel statistics.
 fn run_agent(exe: &str, bin: &GoBinary, args: &str, n: u32, rounds: u32) -> AgentRun {
-    let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let port = free_port();
     let mut a = Proc::spawn(
         Command::new(exe)
@@ -93,25 +92,29 @@ fn run_agent(exe: &str, bin: &GoBinary, args: &str, n: u32, rounds: u32) -> Agen
         (metric(&body, "gmon_agent_uprobes_attached") > 0.0).then_some(())
     })
     .expect("agent attached");
-    let cpu0 = cpu_ticks(a.pid());
+    let cpu0 = cpu_ns(a.pid());
     let ns = churn(n, rounds);
     // Read the kernel's run-time statistics before the agent unloads them.
     let (create_hits, exit_hits) = (prog_runs("newproc1_ret"), prog_runs("goexit1"));
     // Let the agent drain what is still in the ring buffer.
     std::thread::sleep(Duration::from_millis(1500));
-    let cpu1 = cpu_ticks(a.pid());
+    let cpu1 = cpu_ns(a.pid());
     let (_, body) = http_get(port, "/metrics").unwrap();
-    // The fixture's goroutines: created in main.main, started at
-    // main.nothing (the stack labels name main.main when stacks are on).
+    // The fixture's goroutines: the go statement in main.main (with stacks
+    // on, the labels are the five outermost frames; the runtime's GC
+    // workers started under main.main have a different third frame).
     let at_site = |family: &str| {
         body.lines()
-            .filter(|l| l.starts_with(family) && l.contains("main.main"))
+            .filter(|l| {
+                l.starts_with(family)
+                    && l.contains("stack_2=\"main.main\",stack_3=\"runtime.newproc\"")
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
     let r = AgentRun {
         ns,
-        cpu_ns: (cpu1 - cpu0) as f64 * tick_ns,
+        cpu_ns: cpu1 - cpu0,
         goroutines: n as f64 * rounds as f64,
         events: metric(&body, "gmon_agent_events_received_total")
             + metric(&body, "gmon_agent_kernel_goroutines_counted_total"),
@@ -123,17 +126,74 @@ fn run_agent(exe: &str, bin: &GoBinary, args: &str, n: u32, rounds: u32) -> Agen
             at_site("gmon_goroutine_exit{"),
             at_site("gmon_goroutine_uptime_count{"),
         ),
-        rss_kib: std::fs::read_to_string(format!("/proc/{}/status", a.pid()))
-            .ok()
-            .and_then(|st| {
-                st.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            })
-            .unwrap_or(f64::NAN),
+        rss_kib: rss_mib(a.pid()) * 1024.0,
     };
     a.terminate(Duration::from_secs(10));
     r
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// The agent in node mode (aggregate, as the chart runs it), watching the
+/// fixtures: RSS idle, then with 50 Go processes of 10 binaries.
+fn node_rss(exe: &str) -> (f64, f64) {
+    let port = free_port();
+    let dir = fixture("spawner").parent().unwrap().display().to_string();
+    let mut a = Proc::spawn(
+        Command::new(exe)
+            .args([
+                "--metrics",
+                &port.to_string(),
+                "--metrics-address",
+                "127.0.0.1",
+            ])
+            .args(["--level", "WARN", "--include", &format!("{dir}/*")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let tracked = || {
+        let (_, body) = http_get(port, "/metrics").ok()?;
+        body.contains("gmon_agent_processes_tracked")
+            .then(|| metric(&body, "gmon_agent_processes_tracked"))
+    };
+    wait_for(Duration::from_secs(30), tracked).expect("node agent up");
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = rss_mib(a.pid());
+    let bins = [
+        "spawner",
+        "spawner-pie",
+        "spawner-stripped",
+        "spawner-pie-stripped",
+        "spawner-cgo",
+        "spawner-cgo-pie-stripped",
+        "spawner-go1.24",
+        "spawner-go1.24-pie-stripped",
+        "spawner-go1.26",
+        "spawner-go1.26-pie-stripped",
+    ];
+    let procs: Vec<Proc> = bins
+        .iter()
+        .flat_map(|b| std::iter::repeat_n(*b, 5))
+        .map(|b| Proc::spawn(piped(fixture(b)).arg("-rounds=1")))
+        .collect();
+    wait_for(Duration::from_secs(60), || {
+        tracked().filter(|&n| n >= procs.len() as f64)
+    })
+    .expect("50 processes tracked");
+    std::thread::sleep(Duration::from_secs(3));
+    let busy = rss_mib(a.pid());
+    drop(procs);
+    a.terminate(Duration::from_secs(10));
+    (idle, busy)
 }
 
 /// The alternative users have: a bpftrace one-liner with the same counts,
@@ -166,12 +226,18 @@ fn bpftrace_run(bin: &GoBinary, n: u32, rounds: u32) -> Option<f64> {
     Some(ns)
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+/// CPU time of every thread of `pid` so far, in ns (schedstat: ns
+/// resolution, where /proc/PID/stat counts 10 ms ticks).
+fn cpu_ns(pid: u32) -> f64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
 }
 
 fn metric(body: &str, name: &str) -> f64 {
@@ -421,6 +487,11 @@ fn main() {
             median(&mut t.rss_kib) / 1024.0
         );
     }
+
+    let (idle, busy) = node_rss(exe);
+    println!(
+        "agent RSS in node mode, aggregate (targets: idle <= 16 MiB, 50 Go processes of 10 binaries <= 48 MiB): idle {idle:.1} MiB, with 50 processes {busy:.1} MiB"
+    );
 
     // Exact totals in aggregate mode after many goroutines.
     let rounds_x = 10;

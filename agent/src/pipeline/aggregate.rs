@@ -40,6 +40,9 @@ pub(super) struct Aggregates {
     pub stale: bool,
     /// Goroutines live, over the sites of admitted processes.
     pub live: i64,
+    /// Processes gone whose live goroutines are still in the kernel's
+    /// table: removed together at housekeeping.
+    dead: Vec<u32>,
 }
 
 impl Aggregates {
@@ -54,6 +57,7 @@ impl Aggregates {
             scan: Vec::new(),
             stale: true,
             live: 0,
+            dead: Vec::new(),
         }
     }
 
@@ -81,13 +85,26 @@ impl Aggregates {
         );
     }
 
-    /// Frees the slots of `pid`, after a last read.
+    /// Frees the slots of `pid`, after a last read; its live goroutines
+    /// go at the next housekeeping.
     fn release(&mut self, pid: u32, sink: &mut dyn Sink) {
         for slot in self.by_pid.remove(&pid).unwrap_or_default() {
             self.report(slot, sink);
             self.kernel.free(slot);
             self.slots[slot as usize] = None;
         }
+        self.dead.push(pid);
+    }
+
+    /// Removes the live goroutines of the processes gone since the last
+    /// call; returns how many there were.
+    pub(super) fn forget_dead(&mut self) -> u64 {
+        if self.dead.is_empty() {
+            return 0;
+        }
+        let n = self.kernel.forget_live(&self.dead);
+        self.dead.clear();
+        n
     }
 
     /// Sites of `pid` are to be resolved again (its labels changed).
@@ -146,7 +163,6 @@ impl Pipeline {
         gone.dedup();
         for pid in gone {
             agg.release(pid, &mut self.sinks);
-            agg.kernel.forget_live(pid);
         }
         self.agg = Some(agg);
     }
@@ -176,18 +192,16 @@ impl Pipeline {
     }
 
     /// Aggregate mode: process `pid` (still tracked) is going; read its
-    /// sites one last time, free them and its live goroutines; returns how
-    /// many were live.
-    pub(super) fn release_process(&mut self, pid: u32, stacks: &mut KernelStacks) -> u64 {
+    /// sites one last time and free them.
+    pub(super) fn release_process(&mut self, pid: u32, stacks: &mut KernelStacks) {
         match &self.agg {
-            None => return 0,
+            None => return,
             // Slots it took since the last read are found by a full read.
             Some(a) if a.stale => self.collect(stacks),
             Some(_) => {}
         }
         let agg = self.agg.as_mut().expect("checked");
         agg.release(pid, &mut self.sinks);
-        agg.kernel.forget_live(pid)
     }
 }
 

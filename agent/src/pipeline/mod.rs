@@ -359,6 +359,9 @@ impl Pipeline {
     fn housekeeping(&mut self, stacks: &mut probes::KernelStacks) {
         // Counts first, under the labels they were made with.
         self.collect(stacks);
+        if let Some(a) = &mut self.agg {
+            self.metrics.add_dropped_with_process(a.forget_dead());
+        }
         self.relabel(stacks);
         // Exit events can be lost (ring buffer full): also check liveness.
         // The dead go after the next drain, which holds their last events.

@@ -292,14 +292,13 @@ impl Pipeline {
             return;
         }
         // Aggregate mode: its last counts, read while it is still tracked.
-        let dropped = self.release_process(pid, stacks);
+        self.release_process(pid, stacks);
         let Some(entry) = self.procs.remove(&pid) else {
             return;
         };
         let Some(b) = self.bins.get_mut(&entry.bin) else {
             return;
         };
-        b.tracker.stats.dropped_with_process += dropped;
         b.pids.remove(&pid);
         b.tracker.remove_process(pid, stacks, &mut self.sinks);
         if b.pids.is_empty() && !b.pinned {

@@ -178,14 +178,15 @@ impl KernelSites {
         let _ = self.free.push(slot, 0);
     }
 
-    /// Removes the live goroutines of process `pid` (it exited); returns
-    /// how many there were.
-    pub fn forget_live(&mut self, pid: u32) -> u64 {
+    /// Removes the live goroutines of the processes in `pids` (they
+    /// exited); returns how many there were. One walk of the table for
+    /// all of them (a syscall per entry: batched, not per process).
+    pub fn forget_live(&mut self, pids: &[u32]) -> u64 {
         let gone: Vec<LiveKey> = self
             .live
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.pid == pid)
+            .filter(|k| pids.contains(&k.pid))
             .collect();
         for k in &gone {
             let _ = self.live.remove(k);

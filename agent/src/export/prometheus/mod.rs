@@ -424,6 +424,12 @@ impl Metrics {
             .inc_by(d[counter::EXIT_UNTRACKED as usize]);
     }
 
+    /// Aggregate mode: goroutines still live in the kernel's table when
+    /// their process went.
+    pub fn add_dropped_with_process(&self, n: u64) {
+        self.dropped_with_process.inc_by(n);
+    }
+
     /// Adds the tracker's anomaly counts' increase from `before` to `now`.
     pub fn add_stats(&self, before: &Stats, now: &Stats) {
         self.untracked_exits
