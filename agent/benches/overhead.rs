@@ -17,7 +17,8 @@
 //! aggregate programs stopped after each step, so the in-kernel time of
 //! each helper and map operation shows.
 //!
-//! Run: sudo cargo bench -p agent --bench overhead  (N, ROUNDS, REPS, EXACT)
+//! Run: sudo cargo bench -p agent --bench overhead  (N, ROUNDS, REPS, EXACT;
+//! LADDER_ONLY=1 for just the cost ladder)
 
 use e2e::{Proc, fixture, free_port, http_get, piped, wait_for};
 use gmon_agent::{
@@ -378,6 +379,12 @@ fn main() {
     let baseline_bin = std::env::var("BASELINE_AGENT").ok();
     let bin = GoBinary::analyse(&fixture("churn")).unwrap();
     let exe = env!("CARGO_BIN_EXE_gmon-agent");
+    if std::env::var_os("LADDER_ONLY").is_some() {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+        churn(n / 10, 1);
+        ladder(&bin, n, rounds);
+        return;
+    }
 
     let (mut untraced, mut floor, mut new_floor, mut bpftrace) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());

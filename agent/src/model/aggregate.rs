@@ -56,6 +56,15 @@ impl Slot {
         self.last.created as i64 - self.last.exited as i64
     }
 
+    /// Takes what grew without reporting it (a process not admitted);
+    /// returns how many creations and exits that was.
+    pub fn skip(&mut self, now: SiteTotals) -> u64 {
+        let n =
+            now.created.wrapping_sub(self.last.created) + now.exited.wrapping_sub(self.last.exited);
+        self.last = now;
+        n
+    }
+
     /// Calls `f` with what grew since the last call (if anything did).
     /// The lifetime buckets are read (`lifetimes`) only if exits grew;
     /// `buf` is reused scratch space for the bucket list.

@@ -142,10 +142,15 @@ impl Pipeline {
             {
                 match self.site_of(&key, stacks) {
                     Some(site) => agg.slots[slot as usize].as_mut().expect("set").site = Some(site),
-                    // Not admitted: its counts are not reported, and its
-                    // slots go once it exits.
+                    // Not admitted: its counts are not reported (those of
+                    // a process left alone on purpose are counted as
+                    // dropped), and its slots go once it exits.
                     None => {
-                        if !self.procs.contains_key(&key.pid) && !pid_alive(key.pid) {
+                        if self.ignored.contains_key(&key.pid) {
+                            let now = agg.kernel.totals(slot);
+                            let n = agg.slots[slot as usize].as_mut().expect("set").skip(now);
+                            self.metrics.discovery.ignored_process_events.inc_by(n);
+                        } else if !self.procs.contains_key(&key.pid) && !pid_alive(key.pid) {
                             gone.push(key.pid);
                         }
                         continue;

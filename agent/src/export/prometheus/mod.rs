@@ -357,7 +357,7 @@ impl Metrics {
                 ignored_process_events: counter(
                     &r,
                     "gmon_agent_ignored_process_events_total",
-                    "Goroutine events from processes deliberately not probed whose binary is probed for others (dropped)",
+                    "Goroutine events (in aggregate mode, creations and exits the kernel counted) from processes deliberately not probed whose binary is probed for others (dropped)",
                 )?,
                 latency: {
                     let h = prometheus::Histogram::with_opts(
