@@ -311,8 +311,8 @@ pub struct LiveGoroutine {
 const _: () = assert!(core::mem::size_of::<LiveGoroutine>() == 16);
 
 /// Live goroutines the kernel tracks at once, over all processes (past
-/// it, `counter::LIVE_FULL`). Preallocated: about 80 bytes each of kernel
-/// memory, 20 MiB, charged to the agent's memory cgroup.
+/// it, `counter::LIVE_FULL`). Preallocated: 96 bytes each of kernel
+/// memory with the buckets, 24 MiB, charged to the agent's memory cgroup.
 pub const LIVE_ENTRIES: u32 = 1 << 18;
 
 #[cfg(feature = "user")]
