@@ -57,6 +57,9 @@ fn churn(n: u32, rounds: u32) -> f64 {
 struct AgentRun {
     ns: f64,
     cpu_ns: f64,
+    /// The agent's CPU over the same wall time while idle (measured just
+    /// before the churn): housekeeping, scrapes, the allocator's purge.
+    idle_cpu_ns: f64,
     /// Goroutines the fixture created.
     goroutines: f64,
     /// Events received, or goroutines the kernel counted (aggregate mode).
@@ -93,6 +96,12 @@ fn run_agent(exe: &str, bin: &GoBinary, args: &str, n: u32, rounds: u32) -> Agen
         (metric(&body, "gmon_agent_uprobes_attached") > 0.0).then_some(())
     })
     .expect("agent attached");
+    // Its idle rate first, to tell the work goroutines cause from the
+    // work it does anyway.
+    let idle0 = (cpu_ns(a.pid()), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_rate = (cpu_ns(a.pid()) - idle0.0) / idle0.1.elapsed().as_secs_f64();
+    let t0 = std::time::Instant::now();
     let cpu0 = cpu_ns(a.pid());
     let ns = churn(n, rounds);
     // Read the kernel's run-time statistics before the agent unloads them.
@@ -116,6 +125,7 @@ fn run_agent(exe: &str, bin: &GoBinary, args: &str, n: u32, rounds: u32) -> Agen
     let r = AgentRun {
         ns,
         cpu_ns: cpu1 - cpu0,
+        idle_cpu_ns: idle_rate * t0.elapsed().as_secs_f64(),
         goroutines: n as f64 * rounds as f64,
         events: metric(&body, "gmon_agent_events_received_total")
             + metric(&body, "gmon_agent_kernel_goroutines_counted_total"),
@@ -270,6 +280,7 @@ struct Totals {
     ns: Vec<f64>,
     rss_kib: Vec<f64>,
     cpu_ns: f64,
+    idle_cpu_ns: f64,
     goroutines: f64,
     events: f64,
     lost: f64,
@@ -281,6 +292,7 @@ impl Totals {
         self.ns.push(r.ns);
         self.rss_kib.push(r.rss_kib);
         self.cpu_ns += r.cpu_ns;
+        self.idle_cpu_ns += r.idle_cpu_ns;
         self.goroutines += r.goroutines;
         self.events += r.events;
         self.lost += r.lost;
@@ -289,9 +301,11 @@ impl Totals {
         self.hits.1 += r.create_hits.1 + r.exit_hits.1;
     }
 
-    /// Agent CPU seconds per million goroutines.
-    fn cpu_per_million(&self) -> f64 {
-        self.cpu_ns / 1e9 / (self.goroutines / 1e6)
+    /// Agent CPU seconds per million goroutines: all of it, and what the
+    /// idle agent would have spent in the same time.
+    fn cpu_per_million(&self) -> (f64, f64) {
+        let per = |ns: f64| ns / 1e9 / (self.goroutines / 1e6);
+        (per(self.cpu_ns), per(self.idle_cpu_ns))
     }
 
     /// In-kernel ns per goroutine (creation + exit programs).
@@ -485,9 +499,12 @@ fn main() {
             .as_ref()
             .map(|_| ("baseline agent", &mut baseline)),
     ) {
+        let (cpu, idle) = t.cpu_per_million();
         println!(
-            "  {name:28} CPU {:6.3} s per 1M goroutines, in-kernel {:5.0} ns per goroutine, {} lost of {} counted, RSS at the end {:5.1} MiB",
-            t.cpu_per_million(),
+            "  {name:28} CPU {:6.3} s per 1M goroutines ({:.3} of it the idle agent's own work in that time, {:.3} net), in-kernel {:5.0} ns per goroutine, {} lost of {} counted, RSS at the end {:5.1} MiB",
+            cpu,
+            idle,
+            cpu - idle,
             t.kernel_ns(),
             t.lost,
             t.events,
