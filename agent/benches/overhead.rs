@@ -20,7 +20,7 @@
 //! Run: sudo cargo bench -p agent --bench overhead  (N, ROUNDS, REPS, EXACT;
 //! LADDER_ONLY=1 for just the cost ladder)
 
-use e2e::{Proc, fixture, free_port, http_get, piped, wait_for};
+use e2e::{Proc, SPAWNER_SHAPES, fixture, free_port, http_get, piped, wait_for};
 use gmon_agent::{
     export::prometheus::GMON_BUCKETS,
     gobin::GoBinary,
@@ -179,19 +179,9 @@ fn node_rss(exe: &str) -> (f64, f64) {
     wait_for(Duration::from_secs(30), tracked).expect("node agent up");
     std::thread::sleep(Duration::from_secs(3));
     let idle = rss_mib(a.pid());
-    let bins = [
-        "spawner",
-        "spawner-pie",
-        "spawner-stripped",
-        "spawner-pie-stripped",
-        "spawner-cgo",
-        "spawner-cgo-pie-stripped",
-        "spawner-go1.24",
-        "spawner-go1.24-pie-stripped",
-        "spawner-go1.26",
-        "spawner-go1.26-pie-stripped",
-    ];
-    let procs: Vec<Proc> = bins
+
+    // Every shape the fixtures come in: 10 binaries.
+    let procs: Vec<Proc> = SPAWNER_SHAPES
         .iter()
         .flat_map(|b| std::iter::repeat_n(*b, 5))
         .map(|b| Proc::spawn(piped(fixture(b)).arg("-rounds=1")))

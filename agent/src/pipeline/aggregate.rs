@@ -3,8 +3,9 @@
 //! each new slot to its process's site once, and hands the deltas to the
 //! sinks. Nothing per goroutine reaches user space.
 
-use super::{Pipeline, Target};
+use super::{Pipeline, Placed};
 use crate::{
+    discover::ProcessKey,
     model::{
         Sink, Site,
         aggregate::{Slot, lifetime_bounds},
@@ -27,7 +28,6 @@ pub fn bounds(sets: &[&[f64]]) -> Result<LifetimeBounds, String> {
 
 pub(super) struct Aggregates {
     kernel: KernelSites,
-    bounds: Vec<u64>,
     slots: Vec<Option<Slot>>,
     /// The slots of each process, to read and free them when it goes.
     by_pid: HashMap<u32, Vec<u32>>,
@@ -48,7 +48,6 @@ pub(super) struct Aggregates {
 impl Aggregates {
     pub(super) fn new(kernel: KernelSites) -> Self {
         Aggregates {
-            bounds: kernel.bounds().to_vec(),
             kernel,
             slots: (0..MAX_SITES).map(|_| None).collect(),
             by_pid: HashMap::default(),
@@ -64,10 +63,10 @@ impl Aggregates {
     /// Hands one slot's delta to the sink.
     fn report(&mut self, slot: u32, sink: &mut dyn Sink) {
         let now = self.kernel.totals(slot);
-        let (s, bounds, buf) = match slot {
-            OVERFLOW_SITE => (&mut self.overflow, &self.bounds, &mut self.buf),
+        let s = match slot {
+            OVERFLOW_SITE => &mut self.overflow,
             _ => match &mut self.slots[slot as usize] {
-                Some(s) => (s, &self.bounds, &mut self.buf),
+                Some(s) => s,
                 None => return,
             },
         };
@@ -79,8 +78,8 @@ impl Aggregates {
         s.take_delta(
             now,
             || kernel.lifetimes(slot),
-            bounds,
-            buf,
+            kernel.bounds(),
+            &mut self.buf,
             |d| sink.counted(&site, pid, d),
         );
     }
@@ -140,25 +139,34 @@ impl Pipeline {
                 .as_ref()
                 .is_some_and(|s| s.site.is_none())
             {
-                match self.site_of(&key, stacks) {
-                    Some(site) => agg.slots[slot as usize].as_mut().expect("set").site = Some(site),
-                    // Not admitted: its counts are not reported (those of
-                    // a process left alone on purpose are counted as
-                    // dropped), and its slots go once it exits.
-                    None => {
-                        if self.ignored.contains_key(&key.pid) {
-                            let now = agg.kernel.totals(slot);
-                            let n = agg.slots[slot as usize].as_mut().expect("set").skip(now);
-                            self.metrics.discovery.ignored_process_events.inc_by(n);
-                        } else if !self.procs.contains_key(&key.pid) && !pid_alive(key.pid) {
-                            gone.push(key.pid);
-                        }
-                        continue;
+                match self.place(key.pid, stacks) {
+                    Placed::Tracked(id) => {
+                        let site = self.bins.get_mut(&id).map(|b| {
+                            b.tracker
+                                .site(key.pid, (key.stack, key.gopc, key.startpc), stacks)
+                        });
+                        agg.slots[slot as usize].as_mut().expect("set").site = site;
                     }
+                    // Left alone on purpose: what it counted is dropped,
+                    // and counted as its events would be.
+                    Placed::Ignored => {
+                        let now = agg.kernel.totals(slot);
+                        let n = agg.slots[slot as usize].as_mut().expect("set").skip(now);
+                        self.metrics.discovery.ignored_process_events.inc_by(n);
+                    }
+                    // Gone before it was placed: its slots go now.
+                    Placed::Unknown if ProcessKey::of(key.pid).is_none() => gone.push(key.pid),
+                    Placed::Unknown => {}
                 }
             }
-            agg.report(slot, &mut self.sinks);
-            live += agg.slots[slot as usize].as_ref().map_or(0, Slot::live);
+            // Only admitted processes' sites are reported and counted live.
+            if agg.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|s| s.site.is_some())
+            {
+                agg.report(slot, &mut self.sinks);
+                live += agg.slots[slot as usize].as_ref().map_or(0, Slot::live);
+            }
         }
         agg.report(OVERFLOW_SITE, &mut self.sinks);
         agg.live = live + agg.overflow.live();
@@ -170,30 +178,6 @@ impl Pipeline {
             agg.release(pid, &mut self.sinks);
         }
         self.agg = Some(agg);
-    }
-
-    /// The site of a slot's key, if its process is admitted.
-    fn site_of(&mut self, key: &SiteKey, stacks: &mut KernelStacks) -> Option<Arc<Site>> {
-        let id = match self.procs.get(&key.pid) {
-            Some(p) => p.bin,
-            None if self.ignored.contains_key(&key.pid) => return None,
-            None => {
-                // Counted before its exec event was read, as `on_event`.
-                match &self.target {
-                    Target::Binary { bin, .. } => {
-                        let id = bin.id;
-                        self.admit(key.pid, id);
-                    }
-                    Target::Node(_) => self.start(key.pid, None, stacks),
-                }
-                self.procs.get(&key.pid)?.bin
-            }
-        };
-        let b = self.bins.get_mut(&id)?;
-        Some(
-            b.tracker
-                .site(key.pid, (key.stack, key.gopc, key.startpc), stacks),
-        )
     }
 
     /// Aggregate mode: process `pid` (still tracked) is going; read its
@@ -208,8 +192,4 @@ impl Pipeline {
         let agg = self.agg.as_mut().expect("checked");
         agg.release(pid, &mut self.sinks);
     }
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }

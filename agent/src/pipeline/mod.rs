@@ -56,6 +56,16 @@ pub enum Target {
     },
 }
 
+/// Where a process seen in the probes stands (`Pipeline::place`).
+enum Placed {
+    /// Tracked, running this attached binary.
+    Tracked(BinaryId),
+    /// Left alone on purpose (selection, pod).
+    Ignored,
+    /// Not placed: gone before it could be looked at, or not admitted.
+    Unknown,
+}
+
 /// One probed binary and the processes running it.
 struct Bin {
     /// Executable path as its first process saw it (for logs).
@@ -318,41 +328,51 @@ impl Pipeline {
         }
     }
 
-    /// The hot path: one lookup for the process, one for its binary. A pid
-    /// is either tracked or ignored, never both, so the ignored set and the
-    /// admission of new processes are only consulted for unknown pids.
+    /// The hot path: one lookup for the process, one for its binary.
     fn on_event(&mut self, ev: &GoroutineEvent, stacks: &mut probes::KernelStacks) {
         self.metrics.received(ev.kind == EVENT_CREATE);
-        let id = match self.procs.get(&ev.pid) {
-            Some(p) => p.bin,
-            None => {
-                if self.ignored.contains_key(&ev.pid) {
-                    self.metrics.discovery.ignored_process_events.inc();
-                    return;
-                }
-                // A process of an attached binary can hit its probes before
-                // its exec event is read.
-                match &self.target {
-                    // Only processes running the binary hit its probes: no
-                    // need to ask /proc, where a short-lived one may be gone.
-                    Target::Binary { bin, .. } => {
-                        let id = bin.id;
-                        self.admit(ev.pid, id);
-                    }
-                    Target::Node(_) => self.start(ev.pid, None, stacks),
-                }
-                match self.procs.get(&ev.pid) {
-                    Some(p) => p.bin,
-                    None => {
-                        self.metrics.discovery.unknown_process_events.inc();
-                        return;
-                    }
-                }
+        let id = match self.place(ev.pid, stacks) {
+            Placed::Tracked(id) => id,
+            Placed::Ignored => {
+                self.metrics.discovery.ignored_process_events.inc();
+                return;
+            }
+            Placed::Unknown => {
+                self.metrics.discovery.unknown_process_events.inc();
+                return;
             }
         };
         match self.bins.get_mut(&id) {
             Some(b) => b.tracker.on_event(ev, stacks, &mut self.sinks),
             None => self.metrics.discovery.unknown_process_events.inc(),
+        }
+    }
+
+    /// Where process `pid`, seen in its binary's probes (an event, or a
+    /// kernel site slot), stands. A pid is either tracked or ignored, never
+    /// both, so the ignored set and the admission of new processes are
+    /// only consulted for unknown pids.
+    fn place(&mut self, pid: u32, stacks: &mut probes::KernelStacks) -> Placed {
+        if let Some(p) = self.procs.get(&pid) {
+            return Placed::Tracked(p.bin);
+        }
+        if self.ignored.contains_key(&pid) {
+            return Placed::Ignored;
+        }
+        // A process of an attached binary can hit its probes before its
+        // exec event is read.
+        match &self.target {
+            // Only processes running the binary hit its probes: no need to
+            // ask /proc, where a short-lived one may be gone.
+            Target::Binary { bin, .. } => {
+                let id = bin.id;
+                self.admit(pid, id);
+            }
+            Target::Node(_) => self.start(pid, None, stacks),
+        }
+        match self.procs.get(&pid) {
+            Some(p) => Placed::Tracked(p.bin),
+            None => Placed::Unknown,
         }
     }
 
