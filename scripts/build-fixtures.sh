@@ -26,7 +26,7 @@ if [ "${1:-}" = --demo ]; then
   build $GO123 httpserver httpserver
   exit 0
 fi
-for p in httpserver spawner churn; do
+for p in httpserver spawner churn leaky; do
   build $GO123 $p $p
 done
 # The shapes production binaries come in: stripped (no symbols, no DWARF),

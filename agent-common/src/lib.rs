@@ -12,6 +12,12 @@ pub const EVENT_EXIT: u32 = 2;
 /// The kernel never produces 0 as a stack key.
 pub const NO_STACK: u64 = 0;
 
+/// The stack key of goroutines found alive when their process was first
+/// probed (read from its memory, not seen created): their creation stack
+/// is unknown, only the `go` statement (gopc). The kernel's stack keys are
+/// odd, so it never produces this one.
+pub const SEEN_AT_ATTACH: u64 = 2;
+
 /// One goroutine creation or exit, written by the kernel into the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -141,6 +141,8 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
         otlp.as_ref(),
         kube,
     )?;
+    let view = crate::export::view::SitesView::default();
+    pipeline.serve_view(view.clone());
 
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
@@ -155,7 +157,7 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
                 }
             })?
     };
-    servers.run_until_signal(&rt, &metrics);
+    servers.run_until_signal(&rt, &metrics, view);
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
     tracing::info!("detached");

@@ -19,3 +19,5 @@ pub mod probes;
 pub mod selfprof;
 pub mod serve;
 pub mod telemetry;
+pub mod top;
+pub mod walk;

@@ -33,6 +33,18 @@ fn main() -> std::process::ExitCode {
         default_hook(info);
         std::process::exit(70);
     }));
+    // `gmon-agent top`: a client of a running agent, nothing to attach.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "top") {
+        use clap::Parser;
+        let cli = gmon_agent::top::TopCli::parse_from(std::env::args_os().skip(1));
+        return match gmon_agent::top::main(cli) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gmon-agent top: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse_from_env();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -1,5 +1,5 @@
-//! The agent's HTTP endpoints, in one place: /metrics and /healthz on the
-//! metrics port, the agent's own profiles with -pprof. They are bound
+//! The agent's HTTP endpoints, in one place: /metrics, /goroutines and
+//! /healthz on the metrics port, the agent's own profiles with -pprof. They are bound
 //! before anything is attached (a busy port fails early) and served until
 //! SIGTERM or SIGINT, which is what starts the agent's shutdown.
 
@@ -54,7 +54,12 @@ impl Servers {
     }
 
     /// Serves until SIGINT or SIGTERM, then shuts the servers down.
-    pub fn run_until_signal(self, rt: &tokio::runtime::Runtime, metrics: &Arc<Metrics>) {
+    pub fn run_until_signal(
+        self,
+        rt: &tokio::runtime::Runtime,
+        metrics: &Arc<Metrics>,
+        view: crate::export::view::SitesView,
+    ) {
         rt.block_on(async {
             let (tx, rx) = tokio::sync::watch::channel(false);
             let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -62,7 +67,7 @@ impl Servers {
             };
             let server = self
                 .metrics
-                .map(|l| tokio::spawn(prom::serve(l, metrics.clone(), shutdown(rx.clone()))));
+                .map(|l| tokio::spawn(prom::serve(l, metrics.clone(), view, shutdown(rx.clone()))));
             let pprof = self
                 .pprof
                 .map(|l| tokio::spawn(selfprof::serve(l, shutdown(rx.clone()))));

@@ -138,7 +138,16 @@ fn analyses_stripped_pie_cgo_and_newer_releases_alike() {
         );
         // Whatever the source, the offsets are the release's.
         let row = table::lookup(bin.build.version).expect("release in the table");
-        assert_eq!(bin.offsets, row.offsets, "{name}");
+        assert_eq!(bin.offsets, row.layout.probes, "{name}");
+        // Every shape can be walked: the allgs addresses come from the
+        // symbol table or, stripped, from runtime.allgadd's code; where
+        // both exist they agree.
+        let walk = bin.walk.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(walk.layout, row.layout, "{name}");
+        let from_code = bin
+            .allgs_from_code()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(walk.allgs, from_code, "{name}");
         assert!(
             bin.build_id.as_deref().is_some_and(|id| !id.is_empty()),
             "{name}"
@@ -181,7 +190,7 @@ fn offsets_table_matches_the_dwarf_of_every_release_built_here() {
             )
         });
         assert_eq!(
-            row.offsets, offsets,
+            row.layout, offsets,
             "stale table row for {}",
             build.version_string
         );
@@ -256,6 +265,9 @@ fn finds_emulated_probe_sites_in_every_shape_and_real_binary() {
     }
     for path in paths {
         let bin = GoBinary::analyse(&path).unwrap();
+        // Goroutines alive at attach can be read from every one of them.
+        bin.walk
+            .unwrap_or_else(|why| panic!("{}: {why}", path.display()));
         let sites = bin
             .emulated
             .unwrap_or_else(|why| panic!("{}: {why}", path.display()));

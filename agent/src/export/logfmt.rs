@@ -211,7 +211,8 @@ impl<W: Write> GmonLog<W> {
 
 impl<W: Write> Sink for GmonLog<W> {
     fn created(&mut self, g: &Goroutine) {
-        if self.level > Level::Info {
+        // Goroutines found alive at attach were not created now: no line.
+        if self.level > Level::Info || g.site.seen_at_attach {
             return;
         }
         // slog shows milliseconds: one head serves a whole wall-clock ms.
@@ -335,6 +336,8 @@ mod tests {
                 creator: Some(frame("net/http.(*Server).Serve")),
                 start: Some(frame("net/http.(*conn).serve")),
                 proc: None,
+                seen_at_attach: false,
+                counts: Default::default(),
             }),
         }
     }

@@ -1,6 +1,7 @@
 //! runtime.g field offsets from the binary's DWARF. They move between Go
 //! releases (goid moved in 1.23), so we read them rather than assume them.
 
+use super::GLayout;
 use agent_common::GOffsets;
 use gimli::{EndianSlice, LittleEndian};
 use object::{Object, ObjectSection};
@@ -25,11 +26,20 @@ pub enum Error {
     Spread,
 }
 
-/// Fields of runtime.g the probes read, in `GOffsets` order.
-const FIELDS: [&str; 4] = ["goid", "parentGoid", "gopc", "startpc"];
+/// Fields of runtime.g the probes read, in `GOffsets` order, then those
+/// only the attach walk reads.
+const FIELDS: [&str; 6] = [
+    "goid",
+    "parentGoid",
+    "gopc",
+    "startpc",
+    "atomicstatus",
+    "waitsince",
+];
 
-/// Reads the offsets of the runtime.g fields the probes need.
-pub fn g_offsets(file: &object::File<'_>) -> Result<GOffsets, Error> {
+/// Reads the offsets of the runtime.g fields the probes and the attach
+/// walk need.
+pub fn g_offsets(file: &object::File<'_>) -> Result<GLayout, Error> {
     if file.section_by_name(".debug_info").is_none() {
         return Err(Error::NoDwarf);
     }
@@ -44,7 +54,7 @@ pub fn g_offsets(file: &object::File<'_>) -> Result<GOffsets, Error> {
     let sections = gimli::DwarfSections::load(load)?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
 
-    let mut found = [None; 4];
+    let mut found = [None; 6];
     let mut units = dwarf.units();
     while let Some(header) = units.next()? {
         let unit = dwarf.unit(header)?;
@@ -72,14 +82,16 @@ pub fn g_offsets(file: &object::File<'_>) -> Result<GOffsets, Error> {
                     }
                 }
             }
-            let [goid, parent_goid, gopc, startpc] = found;
-            let (goid, parent_goid, gopc, startpc) = (
-                goid.ok_or(Error::MissingField("goid"))?,
-                parent_goid.ok_or(Error::MissingField("parentGoid"))?,
-                gopc.ok_or(Error::MissingField("gopc"))?,
-                startpc.ok_or(Error::MissingField("startpc"))?,
-            );
-            return GOffsets::new(goid, parent_goid, gopc, startpc).ok_or(Error::Spread);
+            let mut v = [0; 6];
+            for (i, f) in found.iter().enumerate() {
+                v[i] = f.ok_or(Error::MissingField(FIELDS[i]))?;
+            }
+            let [goid, parent_goid, gopc, startpc, atomicstatus, waitsince] = v;
+            return Ok(GLayout {
+                probes: GOffsets::new(goid, parent_goid, gopc, startpc).ok_or(Error::Spread)?,
+                atomicstatus,
+                waitsince,
+            });
         }
     }
     Err(Error::NoRuntimeG)

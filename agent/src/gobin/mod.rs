@@ -6,6 +6,7 @@
 //! analysis of a binary (ELF, buildinfo, pclntab, offsets, sites) and its
 //! refusals; each format's parser lives in a submodule.
 
+pub mod allgs;
 pub mod buildinfo;
 pub mod cache;
 pub mod dwarf;
@@ -69,6 +70,24 @@ pub enum Error {
         found: String,
         known: String,
     },
+}
+
+/// The runtime.g fields gmon-agent reads: the probes' (`GOffsets`, shared
+/// with the kernel) and those only the attach walk reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GLayout {
+    pub probes: GOffsets,
+    /// runtime.g.atomicstatus (uint32): _Gdead goroutines are not live.
+    pub atomicstatus: u64,
+    /// runtime.g.waitsince (int64, nanotime): set by the GC on a blocked g.
+    pub waitsince: u64,
+}
+
+/// What reading a process's live goroutines from its memory needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Walk {
+    pub allgs: allgs::AllGs,
+    pub layout: GLayout,
 }
 
 /// Where a binary's runtime.g offsets came from.
@@ -310,6 +329,8 @@ pub struct GoBinary {
     pub build: BuildInfo,
     pub offsets: GOffsets,
     pub offsets_source: OffsetsSource,
+    /// How to find its goroutines in a process's memory; else why not.
+    pub walk: Result<Walk, &'static str>,
     /// File offsets of every RET in runtime.newproc1.
     pub newproc1_rets: Vec<u64>,
     /// File offset of runtime.goexit1's entry.
@@ -370,11 +391,12 @@ impl GoBinary {
             find_pclntab(&file).ok_or_else(|| Error::Pclntab(p(), "not found".into()))?;
         let text_start = text_start(&file, pcln_vaddr);
         let build_id = build_id(&file);
+        let symbol_allgs = allgs::from_symbols(&file);
         let offsets = match dwarf::g_offsets(&file) {
             Ok(o) => Ok((o, OffsetsSource::Dwarf)),
             Err(dwarf::Error::NoDwarf) => match table::lookup(build.version) {
                 Some(row) => Ok((
-                    row.offsets,
+                    row.layout,
                     OffsetsSource::Table {
                         built_with: row.built_with,
                     },
@@ -391,7 +413,7 @@ impl GoBinary {
         let range = pcln.0 as usize..(pcln.0 + pcln.1) as usize;
         let symbols = pclntab::Pclntab::parse(map, range, text_start)
             .map_err(|e| Error::Pclntab(p(), e.to_string()))?;
-        let (offsets, offsets_source) = offsets?;
+        let (layout, offsets_source) = offsets?;
         let file = object::File::parse(symbols.data().as_ref()).map_err(|_| Error::NotElf(p()))?;
         let gofunc = moduledata_gofunc(
             &file,
@@ -406,8 +428,9 @@ impl GoBinary {
             id,
             build_id,
             build,
-            offsets,
+            offsets: layout.probes,
             offsets_source,
+            walk: Err("not analysed"),
             newproc1_rets: Vec::new(),
             goexit1: 0,
             emulated: Err("not analysed"),
@@ -450,6 +473,11 @@ impl GoBinary {
             }),
             (Err(why), _) | (_, Err(why)) => Err(why),
         };
+        bin.walk = match symbol_allgs {
+            Some(a) => Ok(a),
+            None => bin.allgs_from_code(),
+        }
+        .map(|allgs| Walk { allgs, layout });
         // Inline trees need the funcdata base; without it frames are the
         // physical functions only.
         if let Some(off) = gofunc.and_then(|g| bin.file_offset(g).ok()) {
@@ -458,9 +486,23 @@ impl GoBinary {
         Ok(bin)
     }
 
-    /// Release and runtime.g offsets from the binary's DWARF, for the
+    /// runtime.allglen and allgptr from runtime.allgadd's code.
+    pub fn allgs_from_code(&self) -> Result<allgs::AllGs, &'static str> {
+        let f = self
+            .symbols
+            .find(allgs::ALLGADD)
+            .ok_or("no runtime.allgadd function")?;
+        let code = self
+            .file_offset(f.entry)
+            .ok()
+            .and_then(|off| self.file_bytes(off, f.end - f.entry))
+            .ok_or("runtime.allgadd is not in the file")?;
+        allgs::from_allgadd(code, f.entry)
+    }
+
+    /// Release and runtime.g layout from the binary's DWARF, for the
     /// offsets table generator. Needs no probe sites or symbols.
-    pub fn dwarf_offsets(path: &Path) -> Result<(BuildInfo, GOffsets), Error> {
+    pub fn dwarf_offsets(path: &Path) -> Result<(BuildInfo, GLayout), Error> {
         let p = || path.to_path_buf();
         let data = std::fs::read(path).map_err(|e| Error::Open(p(), e))?;
         let file = object::File::parse(&*data).map_err(|_| Error::NotElf(p()))?;

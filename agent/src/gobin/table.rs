@@ -2,7 +2,7 @@
 //! scripts/gen-offsets.sh generates (goffsets.tsv, embedded at build time).
 //! A release missing from the table is never probed with guessed offsets.
 
-use super::GoVersion;
+use super::{GLayout, GoVersion};
 use agent_common::GOffsets;
 
 const TABLE: &str = include_str!("goffsets.tsv");
@@ -13,7 +13,7 @@ pub struct Row {
     pub major: u32,
     pub minor: u32,
     pub built_with: String,
-    pub offsets: GOffsets,
+    pub layout: GLayout,
 }
 
 /// Parses the table text; `Err` names the first bad line.
@@ -25,17 +25,31 @@ pub fn parse(text: &str) -> Result<Vec<Row>, String> {
         }
         let bad = || format!("line {}: {line:?}", i + 1);
         let f: Vec<&str> = line.split('\t').collect();
-        let [release, built_with, goid, parent, gopc, startpc] = f[..] else {
+        let [
+            release,
+            built_with,
+            goid,
+            parent,
+            gopc,
+            startpc,
+            status,
+            waitsince,
+        ] = f[..]
+        else {
             return Err(bad());
         };
         let v = GoVersion::parse(&format!("go{release}")).ok_or_else(bad)?;
         let n = |s: &str| s.parse::<u64>().map_err(|_| bad());
-        let offsets = GOffsets::new(n(goid)?, n(parent)?, n(gopc)?, n(startpc)?).ok_or_else(bad)?;
+        let probes = GOffsets::new(n(goid)?, n(parent)?, n(gopc)?, n(startpc)?).ok_or_else(bad)?;
         rows.push(Row {
             major: v.major,
             minor: v.minor,
             built_with: built_with.to_owned(),
-            offsets,
+            layout: GLayout {
+                probes,
+                atomicstatus: n(status)?,
+                waitsince: n(waitsince)?,
+            },
         });
     }
     Ok(rows)
@@ -73,10 +87,11 @@ pub fn header() -> String {
 }
 
 /// A table row for a binary with DWARF (what the generator prints).
-pub fn format_row(v: GoVersion, built_with: &str, o: &GOffsets) -> String {
+pub fn format_row(v: GoVersion, built_with: &str, l: &GLayout) -> String {
+    let o = &l.probes;
     format!(
-        "{}.{}\t{built_with}\t{}\t{}\t{}\t{}",
-        v.major, v.minor, o.goid, o.parent_goid, o.gopc, o.startpc
+        "{}.{}\t{built_with}\t{}\t{}\t{}\t{}\t{}\t{}",
+        v.major, v.minor, o.goid, o.parent_goid, o.gopc, o.startpc, l.atomicstatus, l.waitsince
     )
 }
 
@@ -96,16 +111,16 @@ mod tests {
     #[test]
     fn bad_rows_are_reported_with_their_line() {
         assert!(
-            parse("1.23\tgo1.23.5\t160\t280\t288\n")
+            parse("1.23\tgo1.23.5\t160\t280\t288\t304\t144\n")
                 .unwrap_err()
                 .contains("line 1")
         );
         assert!(
-            parse("# c\n1.x\tgo\t1\t2\t3\t4\n")
+            parse("# c\n1.x\tgo\t8\t16\t24\t32\t40\t48\n")
                 .unwrap_err()
                 .contains("line 2")
         );
         // Offsets that are not 8-aligned are refused like DWARF ones.
-        assert!(parse("1.23\tgo1.23.5\t161\t280\t288\t304\n").is_err());
+        assert!(parse("1.23\tgo1.23.5\t161\t280\t288\t304\t144\t176\n").is_err());
     }
 }

@@ -11,9 +11,12 @@ use crate::{
     discover::{self, ProcessKey},
     gobin::{Frame, GoBinary},
 };
-use agent_common::{Bucket, EVENT_CREATE, EVENT_EXIT, GoroutineEvent, NO_STACK};
+use agent_common::{Bucket, EVENT_CREATE, EVENT_EXIT, GoroutineEvent, NO_STACK, SEEN_AT_ATTACH};
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 /// Who a site belongs to, in node mode: the process, its executable and,
 /// in a container, the container id and pod UID that Kubernetes metadata
@@ -44,6 +47,62 @@ pub struct Site {
     pub start: Option<Frame>,
     /// The process it was seen in (node mode only).
     pub proc: Option<Arc<ProcLabels>>,
+    /// Its goroutines were found alive when the process was first probed
+    /// (not seen created): the stack is the `go` statement's only.
+    pub seen_at_attach: bool,
+    /// What the sinks were handed for it, for views that need totals.
+    pub counts: SiteCounts,
+}
+
+/// A site's totals. Only the pipeline thread writes them (a load and a
+/// store, no locked add); views read them from anywhere.
+#[derive(Debug, Default)]
+pub struct SiteCounts {
+    created: AtomicU64,
+    exited: AtomicU64,
+}
+
+impl SiteCounts {
+    pub fn add(&self, created: u64, exited: u64) {
+        if created > 0 {
+            self.created
+                .store(self.created.load(Relaxed) + created, Relaxed);
+        }
+        if exited > 0 {
+            self.exited
+                .store(self.exited.load(Relaxed) + exited, Relaxed);
+        }
+    }
+    pub fn created(&self) -> u64 {
+        self.created.load(Relaxed)
+    }
+    pub fn exited(&self) -> u64 {
+        self.exited.load(Relaxed)
+    }
+}
+
+/// A site with live goroutines, as housekeeping sees it (for the live and
+/// oldest-age gauges and the /goroutines view).
+#[derive(Debug, Clone)]
+pub struct SiteLive {
+    pub site: Arc<Site>,
+    pub pid: u32,
+    pub live: u64,
+    /// Creation time (kernel monotonic ns) of its oldest live goroutine:
+    /// for goroutines seen at attach, an upper bound (see `attach_created`).
+    pub oldest_ns: Option<u64>,
+}
+
+/// When a goroutine found alive at attach was created, as well as the
+/// agent can tell: no later than the walk, and no later than `waitsince`
+/// (when the GC first saw it blocked, CLOCK_MONOTONIC like the kernel's
+/// clock), so its age is a lower bound.
+pub fn attach_created(walked_ns: u64, waitsince: u64) -> u64 {
+    if waitsince > 0 && waitsince < walked_ns {
+        waitsince
+    } else {
+        walked_ns
+    }
 }
 
 /// A goroutine being tracked.
@@ -86,6 +145,9 @@ pub trait Sink {
     fn exited(&mut self, g: &Goroutine, exited_ns: u64);
     /// Aggregate mode: `site` (in process `pid`) counted `d` more.
     fn counted(&mut self, _site: &Site, _pid: u32, _d: &SiteDelta) {}
+    /// Housekeeping: every site with live goroutines (sites missing from
+    /// `sites` have none), `now_ns` on the kernel's clock.
+    fn live(&mut self, _sites: &[SiteLive], _now_ns: u64) {}
     /// The site's process has exited: drop anything cached for it.
     fn site_gone(&mut self, _site_id: u64) {}
     /// Process `pid` is gone (after its sites): drop per-process state.
@@ -115,6 +177,25 @@ pub struct Stats {
     pub dropped_with_process: u64,
     /// Processes whose load bias could not be read (PCs left unresolved).
     pub bias_failures: u64,
+    /// Goroutines found alive when their process was first probed.
+    pub seen_at_attach: u64,
+}
+
+/// A process's goroutines found alive at attach, waiting until the events
+/// sent before the walk are drained (creations the walk also saw are then
+/// known, and are not counted twice).
+struct Pending {
+    gs: Vec<crate::walk::LiveG>,
+    walked_ns: u64,
+    /// The drain during (or after) which the walk ran: it settles once a
+    /// later drain has completed.
+    drain: u64,
+    /// Exits of unknown goroutines since the walk: alive at attach, gone
+    /// before settling.
+    exited: HashMap<u64, u64>,
+    /// Goroutines whose creation the probes reported since the walk (the
+    /// walk may have seen them too, and they may be gone already).
+    created: rustc_hash::FxHashSet<u64>,
 }
 
 struct Proc {
@@ -128,6 +209,7 @@ struct Proc {
     /// Sites made under earlier labels: their goroutines still exit
     /// through them, so they are released only with the process.
     retired: Vec<((u64, u64, u64), Arc<Site>)>,
+    pending: Option<Pending>,
 }
 
 static NEXT_SITE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -137,6 +219,8 @@ pub struct Tracker {
     binary: Arc<GoBinary>,
     depth: usize,
     procs: HashMap<u32, Proc>,
+    /// Processes with a walk not yet settled.
+    unsettled: usize,
     pub stats: Stats,
 }
 
@@ -147,6 +231,7 @@ impl Tracker {
             binary,
             depth,
             procs: HashMap::default(),
+            unsettled: 0,
             stats: Stats::default(),
         }
     }
@@ -178,6 +263,7 @@ impl Tracker {
     /// and counted, its kernel stacks and cached series released.
     pub fn remove_process(&mut self, pid: u32, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
         if let Some(p) = self.procs.remove(&pid) {
+            self.unsettled -= p.pending.is_some() as usize;
             self.stats.dropped_with_process += p.live.len() as u64;
             release_sites(&p, stacks, sink);
             sink.process_gone(pid);
@@ -218,8 +304,100 @@ impl Tracker {
                 live: HashMap::default(),
                 sites: HashMap::default(),
                 retired: Vec::new(),
+                pending: None,
             }
         })
+    }
+
+    /// Goroutines of `pid` found alive by a walk of its memory at
+    /// `walked_ns`, during drain number `drain`: counted once that drain's
+    /// events are in (`settle`).
+    pub fn seen_at_attach(
+        &mut self,
+        pid: u32,
+        gs: Vec<crate::walk::LiveG>,
+        walked_ns: u64,
+        drain: u64,
+    ) {
+        self.unsettled += 1;
+        self.proc(pid).pending = Some(Pending {
+            gs,
+            walked_ns,
+            drain,
+            exited: HashMap::default(),
+            created: Default::default(),
+        });
+    }
+
+    /// Counts the goroutines of walks made before drain `done` completed:
+    /// those whose creation the probes did not report are created (seen at
+    /// attach) now, and those that exited meanwhile exit with them.
+    pub fn settle(&mut self, done: u64, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
+        if self.unsettled == 0 {
+            return;
+        }
+        let due: Vec<u32> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.pending.as_ref().is_some_and(|w| w.drain < done))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in due {
+            let mut w = self.proc(pid).pending.take().expect("due");
+            self.unsettled -= 1;
+            for g in &w.gs {
+                if w.created.contains(&g.goid) || self.procs[&pid].live.contains_key(&g.goid) {
+                    continue;
+                }
+                let site = self.site(pid, (SEEN_AT_ATTACH, g.gopc, g.startpc), stacks);
+                let live = Goroutine {
+                    pid,
+                    goid: g.goid,
+                    parent_goid: 0,
+                    created_ns: attach_created(w.walked_ns, g.waitsince),
+                    site,
+                };
+                sink.created(&live);
+                self.stats.seen_at_attach += 1;
+                match w.exited.remove(&g.goid) {
+                    // Alive at attach, exited since.
+                    Some(exited_ns) => sink.exited(&live, exited_ns),
+                    None => {
+                        self.procs
+                            .get_mut(&pid)
+                            .expect("walked")
+                            .live
+                            .insert(g.goid, live);
+                    }
+                }
+            }
+            // Exits of goroutines neither seen created nor found alive.
+            self.stats.untracked_exits += w.exited.len() as u64;
+        }
+    }
+
+    /// Every site of every process, with its live goroutines and the
+    /// creation time of its oldest (one pass over the live table).
+    pub fn live_sites(&self, out: &mut Vec<SiteLive>) {
+        let mut by_site: HashMap<u64, (u64, u64)> = HashMap::default();
+        for (&pid, p) in &self.procs {
+            by_site.clear();
+            for g in p.live.values() {
+                let e = by_site.entry(g.site.id).or_insert((0, u64::MAX));
+                e.0 += 1;
+                e.1 = e.1.min(g.created_ns);
+            }
+            let sites = p.sites.values().chain(p.retired.iter().map(|(_, s)| s));
+            out.extend(sites.map(|site| {
+                let (live, oldest) = by_site.get(&site.id).copied().unwrap_or((0, u64::MAX));
+                SiteLive {
+                    site: site.clone(),
+                    pid,
+                    live,
+                    oldest_ns: (live > 0).then_some(oldest),
+                }
+            }));
+        }
     }
 
     /// The site of goroutines created in `pid` with this stack key, gopc
@@ -258,8 +436,11 @@ impl Tracker {
             site,
         };
         sink.created(&g);
-        let live = &mut self.procs.get_mut(&ev.pid).expect("inserted above").live;
-        if live.insert(ev.goid, g).is_some() {
+        let p = self.procs.get_mut(&ev.pid).expect("inserted above");
+        if let Some(w) = &mut p.pending {
+            w.created.insert(ev.goid);
+        }
+        if p.live.insert(ev.goid, g).is_some() {
             self.stats.duplicate_creates += 1;
         }
     }
@@ -271,7 +452,14 @@ impl Tracker {
             .and_then(|p| p.live.remove(&ev.goid));
         match removed {
             Some(g) => sink.exited(&g, ev.ktime_ns),
-            None => self.stats.untracked_exits += 1,
+            // Until its process's walk settles, it may be one the walk
+            // found: decided then.
+            None => match self.procs.get_mut(&ev.pid).and_then(|p| p.pending.as_mut()) {
+                Some(w) => {
+                    w.exited.insert(ev.goid, ev.ktime_ns);
+                }
+                None => self.stats.untracked_exits += 1,
+            },
         }
     }
 
@@ -302,7 +490,14 @@ impl Tracker {
         let frame = |pc: u64, stats: &mut Stats| frames(pc, stats).swap_remove(0);
         let mut stats = self.stats;
         let mut stack = Vec::new();
-        if stack_key != NO_STACK {
+        let seen_at_attach = stack_key == SEEN_AT_ATTACH;
+        if seen_at_attach {
+            // Only the `go` statement is known: its frames are the stack.
+            if self.depth > 0 && gopc != 0 {
+                stack = frames(gopc.saturating_sub(1), &mut stats);
+                stack.truncate(self.depth);
+            }
+        } else if stack_key != NO_STACK {
             match stacks.user_stack(stack_key) {
                 Some(pcs) => {
                     for (i, &pc) in pcs.iter().enumerate() {
@@ -328,6 +523,8 @@ impl Tracker {
             creator,
             start,
             proc: proc_labels,
+            seen_at_attach,
+            counts: SiteCounts::default(),
         }
     }
 
@@ -336,6 +533,7 @@ impl Tracker {
     /// sites; returns the goroutines dropped.
     pub fn sweep(&mut self, stacks: &mut dyn StackSource, sink: &mut dyn Sink) -> u64 {
         let mut dropped = 0;
+        let mut unsettled = 0;
         self.procs.retain(|&pid, p| {
             if p.key.is_some_and(|k| k.alive()) {
                 return true;
@@ -347,11 +545,13 @@ impl Tracker {
                 return true;
             }
             dropped += p.live.len() as u64;
+            unsettled += p.pending.is_some() as usize;
             release_sites(p, stacks, sink);
             sink.process_gone(pid);
             false
         });
         self.stats.dropped_with_process += dropped;
+        self.unsettled -= unsettled;
         dropped
     }
 }
@@ -371,6 +571,8 @@ impl Site {
             creator: Some(other()),
             start: Some(other()),
             proc: None,
+            seen_at_attach: false,
+            counts: SiteCounts::default(),
         }
     }
 }
@@ -379,7 +581,7 @@ impl Site {
 fn release_sites(p: &Proc, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
     let mut forgotten = std::collections::HashSet::new();
     for ((stack, _, _), site) in p.sites.iter().chain(p.retired.iter().map(|(k, s)| (k, s))) {
-        if *stack != NO_STACK && forgotten.insert(*stack) {
+        if *stack != NO_STACK && *stack != SEEN_AT_ATTACH && forgotten.insert(*stack) {
             stacks.forget(*stack);
         }
         sink.site_gone(site.id);

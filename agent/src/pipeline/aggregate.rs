@@ -7,7 +7,7 @@ use super::{Pipeline, Placed};
 use crate::{
     discover::ProcessKey,
     model::{
-        Sink, Site,
+        Sink, Site, SiteLive,
         aggregate::{Slot, lifetime_bounds},
     },
     probes::{KernelSites, KernelStacks},
@@ -27,7 +27,7 @@ pub fn bounds(sets: &[&[f64]]) -> Result<LifetimeBounds, String> {
 }
 
 pub(super) struct Aggregates {
-    kernel: KernelSites,
+    pub(super) kernel: KernelSites,
     slots: Vec<Option<Slot>>,
     /// The slots of each process, to read and free them when it goes.
     by_pid: HashMap<u32, Vec<u32>>,
@@ -112,6 +112,38 @@ impl Aggregates {
             if let Some(s) = &mut self.slots[slot as usize] {
                 s.site = None;
             }
+        }
+    }
+}
+
+impl Aggregates {
+    /// Every admitted site with its live goroutines (as last read) and the
+    /// creation time of its oldest, from one batched walk of the kernel's
+    /// live table.
+    pub(super) fn live_sites(&self, out: &mut Vec<SiteLive>) {
+        let mut oldest: HashMap<u32, u64> = HashMap::default();
+        let scanned = self.kernel.scan_live(|_, g| {
+            let e = oldest.entry(g.site).or_insert(u64::MAX);
+            *e = (*e).min(g.created_ns);
+        });
+        if let Err(e) = scanned {
+            tracing::debug!(error = %e, "live table not read: oldest ages not updated");
+        }
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i as u32, s.as_ref()?)))
+            .chain(std::iter::once((OVERFLOW_SITE, &self.overflow)));
+        for (slot, s) in slots {
+            let Some(site) = &s.site else { continue };
+            let live = s.live().max(0) as u64;
+            out.push(SiteLive {
+                site: site.clone(),
+                pid: s.key.pid,
+                live,
+                oldest_ns: oldest.get(&slot).copied().filter(|_| live > 0),
+            });
         }
     }
 }

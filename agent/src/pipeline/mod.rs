@@ -8,6 +8,7 @@
 //! and kept attached when its processes come and go.
 
 mod aggregate;
+mod attachwalk;
 mod pods;
 mod procs;
 
@@ -78,6 +79,8 @@ struct Bin {
     reported: crate::model::Stats,
     /// Standalone's binary: stays attached with no process running it.
     pinned: bool,
+    /// Its processes' goroutines could not be read at attach (logged once).
+    walk_failed: bool,
 }
 
 impl Bin {
@@ -90,6 +93,7 @@ impl Bin {
             pids: HashSet::default(),
             reported: Default::default(),
             pinned,
+            walk_failed: false,
         }
     }
 }
@@ -111,6 +115,7 @@ struct Sinks {
 
 impl Sink for Sinks {
     fn created(&mut self, g: &Goroutine) {
+        g.site.counts.add(1, 0);
         self.log.created(g);
         self.prom.created(g);
         if let Some(o) = &mut self.otlp {
@@ -118,6 +123,7 @@ impl Sink for Sinks {
         }
     }
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
+        g.site.counts.add(0, 1);
         self.log.exited(g, exited_ns);
         self.prom.exited(g, exited_ns);
         if let Some(o) = &mut self.otlp {
@@ -125,9 +131,16 @@ impl Sink for Sinks {
         }
     }
     fn counted(&mut self, site: &crate::model::Site, pid: u32, d: &crate::model::SiteDelta) {
+        site.counts.add(d.created, d.exited);
         self.prom.counted(site, pid, d);
         if let Some(o) = &mut self.otlp {
             o.counted(site, pid, d);
+        }
+    }
+    fn live(&mut self, sites: &[crate::model::SiteLive], now_ns: u64) {
+        self.prom.live(sites, now_ns);
+        if let Some(o) = &mut self.otlp {
+            o.live(sites, now_ns);
         }
     }
     fn site_gone(&mut self, site_id: u64) {
@@ -171,6 +184,13 @@ pub struct Pipeline {
     dead: Vec<u32>,
     /// Aggregate mode's per-site totals (set by `run`).
     agg: Option<aggregate::Aggregates>,
+    /// Reused by every housekeeping's `live_view`.
+    live_buf: Vec<crate::model::SiteLive>,
+    /// What /goroutines serves (absent without an HTTP endpoint).
+    view: Option<crate::export::view::SitesView>,
+    /// Drains started so far: goroutines found alive at attach are
+    /// counted once a drain that started after their walk has completed.
+    drains: u64,
 }
 
 impl Pipeline {
@@ -227,12 +247,20 @@ impl Pipeline {
             skipped: HashMap::default(),
             dead: Vec::new(),
             agg: None,
+            live_buf: Vec::new(),
+            view: None,
+            drains: 0,
         };
         if let Target::Binary { bin, .. } = &p.target {
             let b = &p.bins[&bin.id];
             p.sites_attached(&b.exe, &b.bin, &b.att);
         }
         Ok(p)
+    }
+
+    /// Publishes the sites to `view` at every housekeeping (/goroutines).
+    pub fn serve_view(&mut self, view: crate::export::view::SitesView) {
+        self.view = Some(view);
     }
 
     /// Runs until `stop`, then drains what is left and detaches everything.
@@ -295,12 +323,16 @@ impl Pipeline {
                 // tracker: no copy, no allocation per event.
                 let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
                 let mut malformed = 0;
+                self.drains += 1;
                 let n = events.drain(|ev| match ev {
                     Ok(ev) => self.on_event(&ev, &mut stacks),
                     Err(_) => malformed += 1,
                 });
                 span.record("events", n);
                 self.metrics.malformed(malformed);
+                for b in self.bins.values_mut() {
+                    b.tracker.settle(self.drains, &mut stacks, &mut self.sinks);
+                }
             }
             if let Some(a) = &mut self.agg {
                 a.stale = true;
@@ -379,6 +411,7 @@ impl Pipeline {
     fn housekeeping(&mut self, stacks: &mut probes::KernelStacks) {
         // Counts first, under the labels they were made with.
         self.collect(stacks);
+        self.live_view();
         if let Some(a) = &mut self.agg {
             self.metrics.add_dropped_with_process(a.forget_dead());
         }
@@ -404,6 +437,27 @@ impl Pipeline {
         self.metrics
             .add_log_write_errors(self.sinks.log.take_write_errors());
         self.refresh_gauges();
+    }
+
+    /// Live goroutines and the oldest one's age per site, to the sinks'
+    /// gauges and the /goroutines view.
+    fn live_view(&mut self) {
+        let mut sites = std::mem::take(&mut self.live_buf);
+        sites.clear();
+        match &self.agg {
+            None => {
+                for b in self.bins.values() {
+                    b.tracker.live_sites(&mut sites);
+                }
+            }
+            Some(a) => a.live_sites(&mut sites),
+        }
+        let now = procs::monotonic_ns();
+        self.sinks.live(&sites, now);
+        if let Some(v) = &self.view {
+            v.publish(&sites, now);
+        }
+        self.live_buf = sites;
     }
 
     fn refresh_gauges(&self) {

@@ -161,6 +161,7 @@ impl Pipeline {
                 labels,
             },
         );
+        self.walk_process(pid, id);
     }
 
     /// The identity a process's binary is tracked under: in node mode the
@@ -337,7 +338,7 @@ impl Pipeline {
     }
 }
 
-fn monotonic_ns() -> u64 {
+pub(super) fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -2,12 +2,13 @@
 //! binary, and hands out the maps the event reader needs. Dropping `Probes`
 //! detaches everything and unloads the programs.
 
+mod batch;
 pub mod caps;
 mod ringbuf;
 mod sites;
 
 pub use ringbuf::EventReader;
-pub use sites::KernelSites;
+pub use sites::{Inserted, KernelSites};
 
 use crate::gobin::GoBinary;
 use agent_common::{

@@ -16,6 +16,9 @@ use std::{
     ptr::NonNull,
 };
 
+/// bpf_map_update_elem's flag: fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
+
 /// A BPF array mapped read-write into this process.
 struct Mapped<T> {
     ptr: NonNull<T>,
@@ -65,6 +68,19 @@ impl<T: Copy> Mapped<T> {
         unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(i)) }
     }
 
+    /// Atomically adds `n` to the u64 at byte `field` of element `i`
+    /// (a locked add, like the kernel's, on the shared page).
+    fn atomic_add(&mut self, i: usize, field: usize, n: u64) {
+        assert!(i < self.len && field + 8 <= std::mem::size_of::<T>() && field.is_multiple_of(8));
+        // SAFETY: in bounds and 8-aligned (T's fields are u64s); the kernel
+        // only ever updates it atomically too.
+        unsafe {
+            let p = self.ptr.as_ptr().add(i).cast::<u8>().add(field);
+            (*p.cast::<std::sync::atomic::AtomicU64>())
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn set(&mut self, i: usize, v: T) {
         assert!(i < self.len);
         // SAFETY: as in `get`.
@@ -77,6 +93,16 @@ impl<T> Drop for Mapped<T> {
         // SAFETY: the mapping made in `new`, unmapped once.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
     }
+}
+
+/// What `KernelSites::insert_live` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    Yes,
+    /// The probes put it there (they saw it created).
+    AlreadyThere,
+    /// The table is full.
+    Full,
 }
 
 /// The kernel's per-site counting state.
@@ -179,18 +205,72 @@ impl KernelSites {
     }
 
     /// Removes the live goroutines of the processes in `pids` (they
-    /// exited); returns how many there were. One walk of the table for
-    /// all of them (a syscall per entry: batched, not per process).
+    /// exited); returns how many there were. One batched walk of the table
+    /// for all of them, then a syscall per entry removed.
     pub fn forget_live(&mut self, pids: &[u32]) -> u64 {
-        let gone: Vec<LiveKey> = self
-            .live
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| pids.contains(&k.pid))
-            .collect();
+        let mut gone: Vec<LiveKey> = Vec::new();
+        let _ = self.scan_live(|k, _| {
+            if pids.contains(&k.pid) {
+                gone.push(*k);
+            }
+        });
         for k in &gone {
             let _ = self.live.remove(k);
         }
         gone.len() as u64
+    }
+
+    /// Calls `f` with every live goroutine in the kernel's table, read in
+    /// batches of 4096 (BPF_MAP_LOOKUP_BATCH: a syscall per batch, not per
+    /// entry). Entries added or removed meanwhile may or may not be seen.
+    pub fn scan_live(&self, f: impl FnMut(&LiveKey, &LiveGoroutine)) -> std::io::Result<()> {
+        use aya::maps::IterableMap;
+        let fd = self.live.map().fd().as_fd().as_raw_fd();
+        super::batch::lookup(fd, 4096, f)
+    }
+
+    /// The slot for goroutines of `key`'s site found alive at attach, taken
+    /// by user space like the kernel takes one; `None` when none is free.
+    pub fn take_slot(&mut self, key: SiteKey) -> Option<u32> {
+        if let Ok(slot) = self.ids.get(&key, 0) {
+            return Some(slot);
+        }
+        let slot = self.free.pop(0).ok()?;
+        match self.ids.insert(key, slot, BPF_NOEXIST) {
+            Ok(()) => {
+                self.keys.set(slot as usize, key);
+                Some(slot)
+            }
+            Err(_) => {
+                let _ = self.free.push(slot, 0);
+                self.ids.get(&key, 0).ok()
+            }
+        }
+    }
+
+    /// Puts a goroutine found alive at attach in the live table, unless
+    /// the probes already did (they saw its creation).
+    pub fn insert_live(&mut self, key: LiveKey, g: LiveGoroutine) -> Inserted {
+        match self.live.insert(key, g, BPF_NOEXIST) {
+            Ok(()) => Inserted::Yes,
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Inserted::AlreadyThere
+            }
+            Err(_) => Inserted::Full,
+        }
+    }
+
+    /// Takes a goroutine out of the live table; false if it was not there
+    /// (its exit took it).
+    pub fn remove_live(&mut self, key: &LiveKey) -> bool {
+        self.live.remove(key).is_ok()
+    }
+
+    /// Adds `n` creations to a slot, as the kernel's atomic adds do.
+    pub fn add_created(&mut self, slot: u32, n: u64) {
+        self.totals
+            .atomic_add(slot as usize, std::mem::offset_of!(SiteTotals, created), n);
     }
 }

@@ -1,10 +1,10 @@
 //! The OTLP instruments, fed per goroutine; attributes are built once per
 //! creation site.
 
-use crate::model::{Goroutine, Sink, Site, SiteDelta};
+use crate::model::{Goroutine, Sink, Site, SiteDelta, SiteLive};
 use opentelemetry::{
     KeyValue,
-    metrics::{Counter, Histogram, Meter, UpDownCounter},
+    metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter},
 };
 use rustc_hash::FxHashMap;
 use std::{collections::HashSet, sync::Arc};
@@ -15,6 +15,11 @@ pub struct OtlpSink {
     exited: Counter<u64>,
     lifetime: Histogram<f64>,
     live: UpDownCounter<i64>,
+    seen_at_attach: Counter<u64>,
+    oldest_age: Gauge<f64>,
+    /// Sites whose oldest age was last recorded above 0: recorded 0 once
+    /// they have no live goroutine left.
+    aged: rustc_hash::FxHashSet<u64>,
     sites: FxHashMap<u64, Arc<[KeyValue]>>,
     /// Distinct (creator, start) pairs per process, for the guard.
     per_process: FxHashMap<u32, HashSet<(String, String, String)>>,
@@ -65,8 +70,25 @@ impl OtlpSink {
             live: meter
                 .i64_up_down_counter("go.goroutine.live")
                 .with_unit("{goroutine}")
-                .with_description("Goroutines alive (created since the agent attached)")
+                .with_description(
+                    "Goroutines alive: created since the agent attached, or found alive when it did",
+                )
                 .build(),
+            seen_at_attach: meter
+                .u64_counter("go.goroutine.seen_at_attach")
+                .with_unit("{goroutine}")
+                .with_description(
+                    "Goroutines found alive when their process was first probed (also counted in go.goroutine.created)",
+                )
+                .build(),
+            oldest_age: meter
+                .f64_gauge("go.goroutine.oldest_age")
+                .with_unit("s")
+                .with_description(
+                    "Age of the oldest live goroutine (0 when none is live); a lower bound for goroutines found alive at attach",
+                )
+                .build(),
+            aged: Default::default(),
             sites: FxHashMap::default(),
             per_process: FxHashMap::default(),
             max_sites: settings.max_sites,
@@ -193,11 +215,17 @@ impl Sink for OtlpSink {
         let a = self.attrs(&g.site, g.pid);
         self.created.add(1, &a);
         self.live.add(1, &a);
+        if g.site.seen_at_attach {
+            self.seen_at_attach.add(1, &a);
+        }
     }
 
     fn counted(&mut self, site: &Site, pid: u32, d: &SiteDelta) {
         let a = self.attrs(site, pid);
         self.created.add(d.created, &a);
+        if site.seen_at_attach && d.created > 0 {
+            self.seen_at_attach.add(d.created, &a);
+        }
         self.exited.add(d.exited, &a);
         self.live.add(d.created as i64 - d.exited as i64, &a);
         // The SDK takes one value at a time. Each kernel bucket's mean lies
@@ -220,7 +248,29 @@ impl Sink for OtlpSink {
             .record(exited_ns.saturating_sub(g.created_ns) as f64 / 1e9, &a);
     }
 
+    fn live(&mut self, sites: &[SiteLive], now_ns: u64) {
+        let mut aged = rustc_hash::FxHashSet::default();
+        for l in sites {
+            let Some(created) = l.oldest_ns else { continue };
+            let a = self.attrs(&l.site, l.pid);
+            self.oldest_age
+                .record(now_ns.saturating_sub(created) as f64 / 1e9, &a);
+            aged.insert(l.site.id);
+        }
+        for id in self.aged.difference(&aged) {
+            if let Some(a) = self.sites.get(id) {
+                self.oldest_age.record(0.0, a);
+            }
+        }
+        self.aged = aged;
+    }
+
     fn site_gone(&mut self, site_id: u64) {
+        if self.aged.remove(&site_id)
+            && let Some(a) = self.sites.get(&site_id)
+        {
+            self.oldest_age.record(0.0, a);
+        }
         self.sites.remove(&site_id);
     }
 

@@ -40,6 +40,12 @@ pub struct Metrics {
     creation: IntCounterVec,
     exit: IntCounterVec,
     uptime: histogram::BulkHistogramVec,
+    seen_at_attach: IntCounterVec,
+    live: IntGaugeVec,
+    oldest_age: prometheus::GaugeVec,
+    /// Walks of a process's goroutines at attach, by result.
+    pub attach_walks: IntCounterVec,
+    goroutines_seen_at_attach: IntCounter,
     /// events_received_total{kind="create"} and {kind="exit"}, resolved
     /// once: the hot path must not hash labels.
     received: [IntCounter; 2],
@@ -185,6 +191,29 @@ impl Metrics {
             &family_labels,
         )?;
         r.register(Box::new(uptime.clone()))?;
+        // Beyond gmon: what leak detection reads.
+        let seen_at_attach = counter_vec(
+            &r,
+            "gmon_goroutine_seen_at_attach",
+            "Goroutines found alive when their process was first probed (also counted in gmon_goroutine_creation, so creation - exit = live)",
+            &family_labels,
+        )?;
+        let live = IntGaugeVec::new(
+            Opts::new(
+                "gmon_goroutine_live",
+                "Goroutines alive, including those found alive at attach",
+            ),
+            &family_labels,
+        )?;
+        r.register(Box::new(live.clone()))?;
+        let oldest_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "gmon_goroutine_oldest_age_seconds",
+                "Age of the oldest live goroutine (0 when none is live); for goroutines found alive at attach a lower bound: since the attach, or since the GC first saw it blocked",
+            ),
+            &family_labels,
+        )?;
+        r.register(Box::new(oldest_age.clone()))?;
         let events_received = counter_vec(
             &r,
             "gmon_agent_events_received_total",
@@ -195,6 +224,20 @@ impl Metrics {
             creation,
             exit,
             uptime,
+            seen_at_attach,
+            live,
+            oldest_age,
+            attach_walks: counter_vec(
+                &r,
+                "gmon_agent_attach_walks_total",
+                "Reads of a process's goroutines from its memory when it was first probed, by result (ok; exited, permission, read, layout: failed; unsupported: its binary's goroutine list was not found)",
+                &["result"],
+            )?,
+            goroutines_seen_at_attach: counter(
+                &r,
+                "gmon_agent_goroutines_seen_at_attach_total",
+                "Goroutines found alive when their process was first probed",
+            )?,
             received: ["create", "exit"].map(|k| events_received.with_label_values(&[k])),
             kernel_events: counter_vec(
                 &r,
@@ -380,6 +423,12 @@ impl Metrics {
         self.received[usize::from(!create)].inc();
     }
 
+    /// Goroutines found alive at attach that did not fit the kernel's
+    /// live table.
+    pub fn live_full(&self, n: u64) {
+        self.events_lost.with_label_values(&["live_full"]).inc_by(n);
+    }
+
     pub fn malformed(&self, n: u64) {
         self.events_lost.with_label_values(&["malformed"]).inc_by(n);
     }
@@ -450,6 +499,13 @@ impl Metrics {
             now.stack_reads_failed
                 .saturating_sub(before.stack_reads_failed),
         );
+        self.goroutines_seen_at_attach
+            .inc_by(now.seen_at_attach.saturating_sub(before.seen_at_attach));
+    }
+
+    /// Aggregate mode: goroutines the walk put in the kernel's table.
+    pub fn add_seen_at_attach(&self, n: u64) {
+        self.goroutines_seen_at_attach.inc_by(n);
     }
 
     pub fn add_log_write_errors(&self, n: u64) {
@@ -478,11 +534,48 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    view: crate::export::view::SitesView,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::{Router, http::header, routing::get};
+    use crate::export::view::{Query, render_text};
+    use axum::{
+        Router,
+        extract::Query as Q,
+        http::{StatusCode, header},
+        response::IntoResponse,
+        routing::get,
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/goroutines",
+            get(move |q: Result<Q<Query>, axum::extract::rejection::QueryRejection>| {
+                let view = view.clone();
+                async move {
+                    let Ok(Q(q)) = q else {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            "bad query: use format=text|json, sort=live|age|rate, limit=N, pod=NAMESPACE/NAME, pid=N\n",
+                        )
+                            .into_response();
+                    };
+                    let v = view.query(&q);
+                    match q.format.as_deref() {
+                        Some("json") => (
+                            [(header::CONTENT_TYPE, "application/json")],
+                            serde_json::to_string(&v).unwrap_or_default(),
+                        )
+                            .into_response(),
+                        None | Some("text") => (
+                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                            render_text(&v),
+                        )
+                            .into_response(),
+                        Some(_) => (StatusCode::BAD_REQUEST, "format is text or json\n").into_response(),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
@@ -528,6 +621,8 @@ mod tests {
                 creator: None,
                 start: None,
                 proc: None,
+                seen_at_attach: false,
+                counts: Default::default(),
             }),
         }
     }

@@ -2,8 +2,8 @@
 //! handles per creation site.
 
 use super::{Metrics, histogram::BulkHistogram};
-use crate::model::{Goroutine, Sink, Site, SiteDelta, stack_labels};
-use prometheus::IntCounter;
+use crate::model::{Goroutine, Sink, Site, SiteDelta, SiteLive, stack_labels};
+use prometheus::{Gauge, IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
@@ -11,6 +11,9 @@ struct SiteSeries {
     creation: IntCounter,
     exit: IntCounter,
     uptime: BulkHistogram,
+    seen_at_attach: IntCounter,
+    live: IntGauge,
+    oldest_age: Gauge,
     /// Node mode: the label values, to delete the series with the process.
     labels: Option<Vec<String>>,
 }
@@ -56,6 +59,9 @@ impl PromSink {
                 creation: m.creation.with_label_values(&labels),
                 exit: m.exit.with_label_values(&labels),
                 uptime: m.uptime.with_label_values(&labels),
+                seen_at_attach: m.seen_at_attach.with_label_values(&labels),
+                live: m.live.with_label_values(&labels),
+                oldest_age: m.oldest_age.with_label_values(&labels),
                 labels: m
                     .node
                     .then(|| labels.iter().map(|l| l.to_string()).collect()),
@@ -66,7 +72,11 @@ impl PromSink {
 
 impl Sink for PromSink {
     fn created(&mut self, g: &Goroutine) {
-        self.series(&g.site).creation.inc();
+        let s = self.series(&g.site);
+        s.creation.inc();
+        if g.site.seen_at_attach {
+            s.seen_at_attach.inc();
+        }
     }
 
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
@@ -78,6 +88,9 @@ impl Sink for PromSink {
     fn counted(&mut self, site: &Site, _pid: u32, d: &SiteDelta) {
         let s = self.series(site);
         s.creation.inc_by(d.created);
+        if site.seen_at_attach {
+            s.seen_at_attach.inc_by(d.created);
+        }
         s.exit.inc_by(d.exited);
         // The kernel's bounds include gmon's: each kernel bucket lies
         // inside one of ours, the one its upper bound falls in.
@@ -87,21 +100,47 @@ impl Sink for PromSink {
         }
     }
 
+    fn live(&mut self, sites: &[SiteLive], now_ns: u64) {
+        // Sites sharing a label set share its gauges: zero every one, then
+        // add each site's live count and keep the greatest age.
+        for s in self.sites.values() {
+            s.live.set(0);
+            s.oldest_age.set(0.0);
+        }
+        for l in sites {
+            let s = self.series(&l.site);
+            s.live.add(l.live as i64);
+            if let Some(created) = l.oldest_ns {
+                let age = now_ns.saturating_sub(created) as f64 / 1e9;
+                if age > s.oldest_age.get() {
+                    s.oldest_age.set(age);
+                }
+            }
+        }
+    }
+
     fn site_gone(&mut self, site_id: u64) {
         // Standalone mode: the series stay (gmon's families aggregate every
-        // process of the binary); only the cached handles go. Node mode:
-        // the series name the exited process, so they go with it, or they
-        // would pile up with every process ever seen.
-        if let Some(SiteSeries {
-            labels: Some(labels),
-            ..
-        }) = self.sites.remove(&site_id)
-        {
-            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-            let m = &self.metrics;
-            let _ = m.creation.remove_label_values(&l);
-            let _ = m.exit.remove_label_values(&l);
-            let _ = m.uptime.remove_label_values(&l);
-        }
+        // process of the binary); only the cached handles go, and the
+        // gauges drop to 0 until the next housekeeping sets them again
+        // from the sites left. Node mode: the series name the exited
+        // process, so they go with it, or they would pile up with every
+        // process ever seen.
+        let Some(s) = self.sites.remove(&site_id) else {
+            return;
+        };
+        let Some(labels) = s.labels else {
+            s.live.set(0);
+            s.oldest_age.set(0.0);
+            return;
+        };
+        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let m = &self.metrics;
+        let _ = m.creation.remove_label_values(&l);
+        let _ = m.exit.remove_label_values(&l);
+        let _ = m.uptime.remove_label_values(&l);
+        let _ = m.seen_at_attach.remove_label_values(&l);
+        let _ = m.live.remove_label_values(&l);
+        let _ = m.oldest_age.remove_label_values(&l);
     }
 }
