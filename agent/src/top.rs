@@ -2,7 +2,10 @@
 //! a person on the node sees a leak in seconds: every creation site with
 //! its live goroutines, their growth per minute over the last minute, the
 //! oldest one's age, and in red the sites whose live count has only grown
-//! since top started watching them.
+//! since top started watching them (over the last minute at most) while
+//! none of their goroutines went away: their oldest goroutine is older
+//! than the window. Healthy sites whose short-lived goroutines happen to
+//! rise a few samples in a row are not marked: their oldest is young.
 
 use crate::export::view::{self, Row, Sort, View};
 use clap::Parser;
@@ -67,7 +70,8 @@ pub struct History {
 pub struct Trend {
     /// Live goroutines gained per minute over the window (negative: lost).
     pub per_minute: f64,
-    /// The live count never fell over the window and rose.
+    /// The live count never fell over the window and rose, and the oldest
+    /// goroutine is older than the window.
     pub only_grows: bool,
 }
 
@@ -103,7 +107,7 @@ impl History {
         let never_fell = h.iter().zip(h.iter().skip(1)).all(|(a, b)| b.1 >= a.1);
         Trend {
             per_minute,
-            only_grows: never_fell && last.1 > first.1,
+            only_grows: never_fell && last.1 > first.1 && r.oldest_age_seconds >= secs,
         }
     }
 }
@@ -230,6 +234,7 @@ mod tests {
             creator: "main.leak".into(),
             start: "main.wait".into(),
             live,
+            oldest_age_seconds: 3600.0,
             ..Row::default()
         }
     }
@@ -252,6 +257,24 @@ mod tests {
         flat.add(t0, &[row(4)]);
         flat.add(t0 + Duration::from_secs(1), &[row(4)]);
         assert!(!flat.trend(&row(4)).only_grows);
+        // Rising with young goroutines only: turnover, not a leak.
+        let young = Row {
+            oldest_age_seconds: 0.05,
+            ..row(20)
+        };
+        assert!(!h.trend(&young).only_grows || h.trend(&young).per_minute < 0.0);
+        let mut rising = History::default();
+        rising.add(t0, &[row(1)]);
+        rising.add(t0 + Duration::from_secs(5), &[row(3)]);
+        assert!(rising.trend(&row(3)).only_grows);
+        assert!(
+            !rising
+                .trend(&Row {
+                    oldest_age_seconds: 0.05,
+                    ..row(3)
+                })
+                .only_grows
+        );
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! Leak detection, as root against real programs: goroutines alive before
+//! the agent attached are counted once (every fixture shape, both ways
+//! goroutines reach user space), their exits match, and a leaking site is
+//! told apart from a healthy one by /goroutines and `gmon-agent top`.
+
+use e2e::{Proc, fixture, free_port, http_get, piped, require_root, wait_for};
+use gmon_agent::export::view::{Row, View};
+use std::{
+    io::{BufRead, Write},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::Duration,
+};
+
+// One agent at a time: they would share the kernel's probe state.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Parked goroutines the spawner creates before the agent attaches.
+const BEFORE: u64 = 50;
+
+fn agent(bin: &std::path::Path, level: &str, port: u16) -> Proc {
+    Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+            .arg("--path")
+            .arg(bin)
+            .args(["--level", level, "--metrics", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+}
+
+fn view(port: u16, query: &str) -> Option<View> {
+    let (status, body) = http_get(port, &format!("/goroutines?format=json{query}")).ok()?;
+    (status == 200).then(|| serde_json::from_str(&body).expect("JSON view"))
+}
+
+fn site<'a>(v: &'a View, start: &str) -> Option<&'a Row> {
+    v.sites.iter().find(|r| r.start == start)
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let (_, body) = http_get(port, "/metrics").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn goroutines_alive_at_attach_are_counted_once_in_every_shape_and_both_modes() {
+    if !require_root("goroutines_alive_at_attach") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for name in e2e::SPAWNER_SHAPES {
+        // INFO: an event per goroutine; WARN: the kernel counts per site.
+        for level in ["INFO", "WARN"] {
+            let what = format!("{name} at {level}");
+            let bin = fixture(name);
+            let mut sp = Proc::spawn(
+                piped(&bin).args(["-rounds=5".to_owned(), format!("-before={BEFORE}")]),
+            );
+            let mut lines = sp.stdout_lines();
+            assert!(lines.next().unwrap().unwrap().starts_with("ready"));
+            let port = free_port();
+            let mut a = agent(&bin, level, port);
+            // Counted live, as created at their `go` statement, once.
+            let parked = wait_for(Duration::from_secs(15), || {
+                let v = view(port, "")?;
+                site(&v, "main.parkedWorker")
+                    .filter(|r| r.live >= BEFORE)
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("{what}: parked goroutines not seen: {:?}", view(port, "")));
+            assert_eq!(
+                (
+                    parked.live,
+                    parked.created,
+                    parked.seen_at_attach,
+                    parked.exited
+                ),
+                (BEFORE, BEFORE, BEFORE, 0),
+                "{what}"
+            );
+            assert_eq!(parked.creator, "main.parkAll", "{what}");
+            assert!(
+                parked
+                    .creator_at
+                    .as_deref()
+                    .is_some_and(|a| a.contains("spawner/main.go:")),
+                "{what}: {parked:?}"
+            );
+            assert!(parked.oldest_age_seconds >= 0.0, "{what}");
+            // The main goroutine was alive too.
+            let v = view(port, "").unwrap();
+            assert_eq!(
+                site(&v, "runtime.main").map(|r| r.live),
+                Some(1),
+                "{what}: {v:?}"
+            );
+
+            // The rounds run, then the parked goroutines exit: each exit
+            // matches its goroutine, none is untracked.
+            let mut stdin = sp.stdin();
+            writeln!(stdin).unwrap();
+            let done = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .find(|l| l.starts_with("done"));
+            assert!(done.is_some(), "{what}: spawner did not finish");
+            let settled = wait_for(Duration::from_secs(10), || {
+                let v = view(port, "")?;
+                let p = site(&v, "main.parkedWorker")?.clone();
+                let short = site(&v, "main.shortWorker")?.clone();
+                (p.exited == BEFORE && short.exited == 5).then_some((p, short))
+            })
+            .unwrap_or_else(|| panic!("{what}: exits not counted: {:?}", view(port, "")));
+            assert_eq!((settled.0.live, settled.0.created), (0, BEFORE), "{what}");
+            assert_eq!(
+                (settled.1.created, settled.1.seen_at_attach),
+                (5, 0),
+                "{what}"
+            );
+            assert_eq!(
+                metric(port, "gmon_agent_untracked_exits_total"),
+                0.0,
+                "{what}"
+            );
+            assert_eq!(
+                metric(port, "gmon_agent_duplicate_creates_total"),
+                0.0,
+                "{what}"
+            );
+            assert_eq!(
+                metric(port, "gmon_agent_attach_walks_total"),
+                1.0,
+                "{what}: one walk"
+            );
+            // The gmon families: seen_at_attach is a part of creation.
+            assert_eq!(
+                metric(port, "gmon_goroutine_seen_at_attach"),
+                metric(port, "gmon_agent_goroutines_seen_at_attach_total"),
+                "{what}"
+            );
+            assert!(
+                metric(port, "gmon_goroutine_seen_at_attach") >= BEFORE as f64 + 1.0,
+                "{what}"
+            );
+            drop(stdin);
+            a.terminate(Duration::from_secs(10)).expect("agent exits");
+        }
+    }
+}
+
+#[test]
+fn a_leaking_site_only_grows_and_top_shows_it() {
+    if !require_root("a_leaking_site_only_grows") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let bin = fixture("leaky");
+    let mut leaky =
+        Proc::spawn(piped(&bin).args(["-prefill=300", "-leak=20", "-healthy=50", "-life=50ms"]));
+    let mut out_lines = leaky.stdout_lines();
+    let ready = out_lines.next().unwrap().unwrap();
+    assert!(ready.starts_with("ready"), "{ready}");
+    let port = free_port();
+    let _a = agent(&bin, "WARN", port);
+    let leak = wait_for(Duration::from_secs(15), || {
+        let v = view(port, "&sort=live&limit=3")?;
+        v.sites
+            .first()
+            .filter(|r| r.start == "main.waitForReply")
+            .cloned()
+    })
+    .expect("the leak tops /goroutines");
+    assert!(leak.live >= 300 && leak.seen_at_attach >= 300, "{leak:?}");
+    assert_eq!(leak.creator, "main.leakRequest");
+    // A person's view: the leak in red (here: marked, no terminal), the
+    // healthy sites not, growth per minute near the leak's rate.
+    let out = Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+        .args(["top", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["--once", "8", "--interval", "0.5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} in:\n{text}"))
+            .to_owned()
+    };
+    let leak_line = line("main.waitForReply");
+    assert!(leak_line.ends_with("<- only grows"), "{text}");
+    let growth: f64 = leak_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (600.0..=2400.0).contains(&growth),
+        "leak grows about 1200/min: {growth}\n{text}"
+    );
+    // Short-lived goroutines (go statement in main.serveRequest) and a
+    // fixed pool (started in main.main) are healthy.
+    assert!(
+        !line("main.serveRequest").ends_with("<- only grows"),
+        "{text}"
+    );
+    assert!(!line("main.main ").ends_with("<- only grows"), "{text}");
+    // Filters, and bad input answered with what to do.
+    let none = view(port, "&pid=1").unwrap();
+    assert!(none.sites.is_empty());
+    let (status, body) = http_get(port, "/goroutines?sort=size").unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sort=live|age|rate"), "{body}");
+    let (_, text) = http_get(port, "/goroutines").unwrap();
+    assert!(text.starts_with("    LIVE"), "{text}");
+    // The gauges /metrics carries for the same sites.
+    assert!(metric(port, "gmon_goroutine_live") >= 300.0);
+    assert!(metric(port, "gmon_goroutine_oldest_age_seconds") > 0.0);
+    let bad = Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+        .args(["top", "--addr", "127.0.0.1:1", "--once", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot reach gmon-agent at 127.0.0.1:1"),
+        "{err}"
+    );
+}
