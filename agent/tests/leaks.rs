@@ -6,7 +6,7 @@
 use e2e::{Proc, fixture, free_port, http_get, piped, require_root, wait_for};
 use gmon_agent::export::view::{Row, View};
 use std::{
-    io::{BufRead, Write},
+    io::Write,
     process::{Command, Stdio},
     sync::Mutex,
     time::Duration,
