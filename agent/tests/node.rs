@@ -425,6 +425,68 @@ fn containers_of_one_image_share_one_attachment_and_carry_their_ids() {
 }
 
 #[test]
+fn goroutines_alive_in_a_container_before_the_agent_are_counted() {
+    if !require_root("container walk test") || !require_docker() {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    // Stripped (static, FROM scratch): allgs found from runtime.allgadd's
+    // code.
+    let img = image("spawner-stripped");
+    let mut c = container(
+        &img,
+        "0d1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f9",
+        &tmp.path().join("c"),
+        &["-rounds=1", "-before=20"],
+    );
+    let mut out = c.proc.stdout_lines();
+    assert!(out.next().unwrap().unwrap().starts_with("ready"));
+    let pid = e2e::docker::host_pid(&c.id);
+    for level in ["WARN", "INFO"] {
+        let agent = node_agent_at(level, &["--include", "/app"]);
+        let row = |start: &str| -> Option<serde_json::Value> {
+            let (_, body) =
+                http_get(agent.port, &format!("/goroutines?format=json&pid={pid}")).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["sites"]
+                .as_array()?
+                .iter()
+                .find(|r| r["start"] == start)
+                .cloned()
+        };
+        let parked = wait_for(Duration::from_secs(10), || row("main.parkedWorker"))
+            .unwrap_or_else(|| panic!("{level}: the container's parked goroutines not seen"));
+        assert_eq!(parked["live"], 20, "{level}: {parked}");
+        assert_eq!(parked["seen_at_attach"], 20, "{level}: {parked}");
+        assert_eq!(parked["creator"], "main.parkAll", "{level}: {parked}");
+        assert_eq!(
+            agent.metric("gmon_agent_attach_walks_total{result=\"ok\"}"),
+            1.0
+        );
+        assert_eq!(agent.metric("gmon_agent_untracked_exits_total"), 0.0);
+        if level == "INFO" {
+            // Released: every exit matches a goroutine found at attach.
+            let mut stdin = c.proc.stdin();
+            writeln!(stdin).unwrap();
+            assert!(
+                out.by_ref()
+                    .map_while(Result::ok)
+                    .any(|l| l.starts_with("done"))
+            );
+            let gone = wait_for(Duration::from_secs(10), || {
+                row("main.parkedWorker").filter(|r| r["exited"] == 20)
+            })
+            .expect("the parked goroutines' exits counted");
+            assert_eq!(gone["live"], 0, "{gone}");
+            assert_eq!(agent.metric("gmon_agent_untracked_exits_total"), 0.0);
+            drop(stdin);
+        }
+    }
+    let _ = c.proc.child.wait();
+}
+
+#[test]
 fn go_older_than_1_23_is_skipped_with_a_logged_reason() {
     if !require_root("node test") {
         return;
