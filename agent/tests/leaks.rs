@@ -233,3 +233,45 @@ fn a_leaking_site_only_grows_and_top_shows_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_walk_that_cannot_read_goroutines_says_why() {
+    if !require_root("walk failures") {
+        return;
+    }
+    use gmon_agent::{gobin::GoBinary, walk};
+    let bin = fixture("leaky");
+    let g = GoBinary::analyse(&bin).unwrap();
+    let w = g.walk.unwrap();
+    let mut p = Proc::spawn(piped(&bin).args(["-leak=0", "-healthy=0", "-prefill=10"]));
+    assert!(
+        p.stdout_lines()
+            .next()
+            .unwrap()
+            .unwrap()
+            .starts_with("ready")
+    );
+    let pid = p.pid();
+    // The real layout reads every goroutine.
+    let mut n = 0;
+    let stats = walk::walk(pid, 0, &w, |gs| n += gs.len()).unwrap();
+    assert_eq!(stats.live as usize, n);
+    assert!(n >= 11, "10 leaked + main: {n}");
+    // A layout that is not this binary's: refused, never trusted.
+    let mut wrong = w;
+    wrong.allgs.allglen = w.allgs.allgptr;
+    let e = walk::walk(pid, 0, &wrong, |_| panic!("nothing handed over")).unwrap_err();
+    assert_eq!(e.reason(), "layout", "{e}");
+    let mut wrong = w;
+    wrong.layout.probes.goid = w.layout.probes.startpc;
+    let e = walk::walk(pid, 0, &wrong, |_| panic!("nothing handed over")).unwrap_err();
+    assert_eq!(e.reason(), "layout", "{e}");
+    let mut wrong = w;
+    wrong.allgs.allglen = 8;
+    let e = walk::walk(pid, 0, &wrong, |_| {}).unwrap_err();
+    assert_eq!(e.reason(), "read", "{e}");
+    drop(p);
+    // Gone: said so.
+    let e = walk::walk(pid, 0, &w, |_| {}).unwrap_err();
+    assert_eq!(e.reason(), "exited", "{e}");
+}

@@ -52,9 +52,25 @@ impl Pipeline {
         };
         let walked_ns = monotonic_ns();
         let span = tracing::debug_span!("attach_walk", pid).entered();
+        // With events the walk's goroutines wait for the drain; in
+        // aggregate mode each batch goes into the kernel's table as it is
+        // read (memory bounded by that table, not by the process).
         let mut gs: Vec<LiveG> = Vec::new();
-        let stats = walk::walk(pid, bias, &w, |batch| gs.extend_from_slice(batch));
+        let mut acc = Walked::default();
+        let stats = match &mut self.agg {
+            None => walk::walk(pid, bias, &w, |batch| gs.extend_from_slice(batch)),
+            Some(agg) => walk::walk(pid, bias, &w, |batch| {
+                agg.insert_walked(pid, batch, walked_ns, &mut acc)
+            }),
+        };
         drop(span);
+        if let Some(agg) = &mut self.agg {
+            // Even after a failed walk, what went in is settled and counted.
+            let again = |f: &mut dyn FnMut(&[LiveG])| walk::walk(pid, bias, &w, f).is_ok();
+            let (n, full) = agg.settle_walked(acc, again);
+            self.metrics.add_seen_at_attach(n);
+            self.metrics.live_full(full);
+        }
         let stats = match stats {
             Ok(s) => s,
             Err(e) => {
@@ -75,35 +91,35 @@ impl Pipeline {
             took_us = stats.took.as_micros() as u64,
             "goroutines alive at attach read"
         );
-        match &mut self.agg {
-            None => b.tracker.seen_at_attach(pid, gs, walked_ns, self.drains),
-            Some(agg) => {
-                let again = || walk::live_goids(pid, bias, &w).ok();
-                let (n, full) = agg.seen_at_attach(pid, &gs, walked_ns, again);
-                self.metrics.add_seen_at_attach(n);
-                self.metrics.live_full(full);
-            }
+        if self.agg.is_none() {
+            b.tracker.seen_at_attach(pid, gs, walked_ns, self.drains);
         }
     }
 }
 
+/// Aggregate mode: what one walk put in the kernel's live table.
+#[derive(Default)]
+pub(super) struct Walked {
+    /// Seen-at-attach slot per (gopc, startpc).
+    slots: HashMap<(u64, u64), u32>,
+    inserted: Vec<(LiveKey, u32)>,
+    /// Did not fit the table.
+    full: u64,
+}
+
 impl super::aggregate::Aggregates {
-    /// Aggregate mode: puts `pid`'s goroutines found alive in the kernel's
-    /// live table under their sites' seen-at-attach slots and counts them
-    /// created there. `again` walks the process again (the goids alive
-    /// now). Returns how many were counted and how many did not fit.
-    pub(super) fn seen_at_attach(
+    /// Puts a batch of `pid`'s goroutines found alive in the kernel's live
+    /// table under their sites' seen-at-attach slots, unless the probes
+    /// did (they saw them created).
+    pub(super) fn insert_walked(
         &mut self,
         pid: u32,
         gs: &[LiveG],
         walked_ns: u64,
-        again: impl FnOnce() -> Option<rustc_hash::FxHashSet<u64>>,
-    ) -> (u64, u64) {
-        let mut slots: HashMap<(u64, u64), u32> = HashMap::default();
-        let mut inserted: Vec<(LiveKey, u32)> = Vec::new();
-        let mut full = 0;
+        acc: &mut Walked,
+    ) {
         for g in gs {
-            let slot = *slots.entry((g.gopc, g.startpc)).or_insert_with(|| {
+            let slot = *acc.slots.entry((g.gopc, g.startpc)).or_insert_with(|| {
                 self.kernel
                     .take_slot(SiteKey {
                         pid,
@@ -125,22 +141,39 @@ impl super::aggregate::Aggregates {
                 _pad: 0,
             };
             match self.kernel.insert_live(key, live) {
-                Inserted::Yes => inserted.push((key, slot)),
+                Inserted::Yes => acc.inserted.push((key, slot)),
                 // The probes saw it created: counted already.
                 Inserted::AlreadyThere => {}
-                Inserted::Full => full += 1,
+                Inserted::Full => acc.full += 1,
             }
         }
-        // Exited between the walk and its entry: no exit will take the
-        // entry out, so it goes now (if it is still there).
-        let alive = again();
+    }
+
+    /// Counts what `insert_walked` put in as created at its slot, after
+    /// taking out the goroutines that exited before their entry went in
+    /// (their exit found no entry: it would stay forever). `again` walks
+    /// the process once more (false if it could not). Returns how many
+    /// were counted and how many did not fit.
+    pub(super) fn settle_walked(
+        &mut self,
+        mut acc: Walked,
+        again: impl FnOnce(&mut dyn FnMut(&[LiveG])) -> bool,
+    ) -> (u64, u64) {
+        acc.inserted.sort_unstable_by_key(|(k, _)| k.goid);
+        let mut alive = vec![false; acc.inserted.len()];
+        let walked = again(&mut |gs: &[LiveG]| {
+            for g in gs {
+                if let Ok(i) = acc.inserted.binary_search_by_key(&g.goid, |(k, _)| k.goid) {
+                    alive[i] = true;
+                }
+            }
+        });
         let mut counts: HashMap<u32, u64> = HashMap::default();
-        for (key, slot) in inserted {
-            let gone = alive.as_ref().is_some_and(|a| !a.contains(&key.goid));
-            if gone && self.kernel.remove_live(&key) {
+        for (i, (key, slot)) in acc.inserted.iter().enumerate() {
+            if walked && !alive[i] && self.kernel.remove_live(key) {
                 continue;
             }
-            *counts.entry(slot).or_default() += 1;
+            *counts.entry(*slot).or_default() += 1;
         }
         let mut n = 0;
         for (slot, c) in counts {
@@ -148,6 +181,6 @@ impl super::aggregate::Aggregates {
             n += c;
         }
         self.stale = true;
-        (n, full)
+        (n, acc.full)
     }
 }

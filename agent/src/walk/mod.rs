@@ -143,14 +143,6 @@ pub fn walk(pid: u32, bias: u64, w: &Walk, mut each: impl FnMut(&[LiveG])) -> Re
     Ok(stats)
 }
 
-/// The goids alive now: a second walk, to tell which goroutines of a
-/// first one exited in between.
-pub fn live_goids(pid: u32, bias: u64, w: &Walk) -> Result<rustc_hash::FxHashSet<u64>, Error> {
-    let mut set = rustc_hash::FxHashSet::default();
-    walk(pid, bias, w, |gs| set.extend(gs.iter().map(|g| g.goid)))?;
-    Ok(set)
-}
-
 /// Views a u64 slice as bytes (for reading words in place).
 fn bytemuck_u64(v: &mut [u64]) -> &mut [u8] {
     // SAFETY: u64 has no padding and any byte pattern is a valid u64.
