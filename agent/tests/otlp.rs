@@ -5,7 +5,7 @@
 use e2e::{
     Proc, fixture, free_port, http_get,
     otel::{run_spawner, run_spawner_after, victoria, vm_sum},
-    require_root, wait_for,
+    piped, require_root, wait_for,
 };
 use std::{
     io::BufRead,
@@ -227,5 +227,74 @@ fn node_mode_exports_per_process_with_its_release() {
             let log = std::fs::read_to_string(data.path().join("agent.log")).unwrap_or_default();
             panic!("created for {site} in node mode: want {n}; stored:\n{all}\nagent:\n{log}");
         }
+    }
+}
+
+#[test]
+fn goroutines_alive_at_attach_and_their_age_reach_victoriametrics() {
+    if !require_root("OTLP test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for level in ["INFO", "WARN"] {
+        let data = tempfile::tempdir().unwrap();
+        let vm_port = free_port();
+        let _vm = victoria(vm_port, data.path());
+        // 30 leaked before the agent starts, none after.
+        let mut leaky =
+            Proc::spawn(piped(fixture("leaky")).args(["-prefill=30", "-leak=0", "-healthy=0"]));
+        assert!(
+            leaky
+                .stdout_lines()
+                .next()
+                .unwrap()
+                .unwrap()
+                .starts_with("ready")
+        );
+        let mut agent = Proc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+                .arg("--path")
+                .arg(fixture("leaky"))
+                .args(["--metrics", "0", "--level", level])
+                .env(
+                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                    format!("http://127.0.0.1:{vm_port}/opentelemetry/v1/metrics"),
+                )
+                .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
+                .env("OTEL_SERVICE_NAME", "gmon-agent-attach")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let sel = |m: &str| {
+            format!(
+                "{{__name__=\"{m}\",go.goroutine.start=\"main.waitForReply\",service.name=\"gmon-agent-attach\"}}"
+            )
+        };
+        // New series become searchable in VictoriaMetrics within a second
+        // or so: every value is waited for.
+        let value = |m: &str, want: f64| {
+            wait_for(Duration::from_secs(15), || {
+                let _ = http_get(vm_port, "/internal/force_flush");
+                let n = vm_sum(vm_port, &sel(m));
+                (n == want).then_some(n)
+            })
+        };
+        assert_eq!(
+            value("go.goroutine.seen_at_attach", 30.0),
+            Some(30.0),
+            "{level}"
+        );
+        // Counted as created too, and live, with an age.
+        assert_eq!(value("go.goroutine.created", 30.0), Some(30.0), "{level}");
+        assert_eq!(value("go.goroutine.live", 30.0), Some(30.0), "{level}");
+        let age = wait_for(Duration::from_secs(10), || {
+            let _ = http_get(vm_port, "/internal/force_flush");
+            let a = vm_sum(vm_port, &sel("go.goroutine.oldest_age"));
+            (a >= 1.0).then_some(a)
+        });
+        assert!(age.is_some(), "{level}: oldest_age never reached 1 s");
+        agent
+            .terminate(Duration::from_secs(15))
+            .expect("agent exits");
     }
 }
