@@ -66,10 +66,11 @@ rendered_fresh() { # example-dir
   rm -rf "$tmp"
 }
 validate_rendered() { # example-dir version validator
-  # ServiceMonitor is a CRD kubernetes-validate has no schema for.
+  # ServiceMonitor and PrometheusRule are CRDs kubernetes-validate has no
+  # schema for.
   local files=()
   for f in "$1"/rendered/*.yaml; do
-    grep -q '^kind: ServiceMonitor' "$f" || files+=("$f")
+    grep -q '^kind: \(ServiceMonitor\|PrometheusRule\)' "$f" || files+=("$f")
   done
   "$3" --strict --quiet -k "$2" "${files[@]}"
 }
@@ -104,6 +105,8 @@ done
 check "values table in README matches values.yaml" \
   "$py" scripts/lib/values-table.py "$chart/values.yaml" README.md --check
 check "appVersion is the crate version" app_version_matches
+check "the chart's rules are deploy/'s" cmp deploy/prometheus/gmon-agent-rules.yaml "$chart/files/gmon-agent-rules.yaml"
+check "the chart's dashboard is deploy/'s" cmp deploy/grafana/gmon-agent.json "$chart/files/gmon-agent.json"
 check "RBAC is pods: list, watch only" only_pods_list_watch
 check "refuses an unsupported protocol" refused "otlp.protocol must be one of the following" --set otlp.protocol=udp
 check "refuses an unknown key" refused "Additional property colour is not allowed" --set colour=blue
