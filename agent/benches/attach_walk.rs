@@ -28,11 +28,15 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The sum of a family's series (with or without labels).
 fn metric(port: u16, name: &str) -> Option<f64> {
     let (_, body) = http_get(port, "/metrics").ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    Some(
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
 }
 
 /// The agent on `bin` at `level`: (walk ms from its log, peak RSS MiB,
@@ -140,7 +144,7 @@ fn main() {
             warn_mib
         );
         println!(
-            "          counted seen_at_attach: INFO {info_seen}, WARN {warn_seen} (WARN holds at most {} live: the kernel's table; the rest is counted lost)",
+            "          counted seen_at_attach: INFO {info_seen}, WARN {warn_seen} (WARN holds at most {} live goroutines node-wide, the kernel's table; the rest is counted in events_lost_total{{reason=\"live_full\"}})",
             agent_common::LIVE_ENTRIES
         );
         drop(p);

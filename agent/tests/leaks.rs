@@ -159,8 +159,15 @@ fn a_leaking_site_only_grows_and_top_shows_it() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let bin = fixture("leaky");
-    let mut leaky =
-        Proc::spawn(piped(&bin).args(["-prefill=300", "-leak=20", "-healthy=50", "-life=50ms"]));
+    // The prefilled ones were seen blocked by the GC 3 s before the agent
+    // starts: their age comes from the runtime's waitsince, not the attach.
+    let mut leaky = Proc::spawn(piped(&bin).args([
+        "-prefill=300",
+        "-age=3s",
+        "-leak=20",
+        "-healthy=50",
+        "-life=50ms",
+    ]));
     let mut out_lines = leaky.stdout_lines();
     let ready = out_lines.next().unwrap().unwrap();
     assert!(ready.starts_with("ready"), "{ready}");
@@ -175,6 +182,10 @@ fn a_leaking_site_only_grows_and_top_shows_it() {
     })
     .expect("the leak tops /goroutines");
     assert!(leak.live >= 300 && leak.seen_at_attach >= 300, "{leak:?}");
+    assert!(
+        leak.oldest_age_seconds >= 3.0,
+        "the age of goroutines blocked before attach comes from waitsince: {leak:?}"
+    );
     assert_eq!(leak.creator, "main.leakRequest");
     // A person's view: the leak in red (here: marked, no terminal), the
     // healthy sites not, growth per minute near the leak's rate.

@@ -94,9 +94,12 @@ pub struct SiteLive {
 }
 
 /// When a goroutine found alive at attach was created, as well as the
-/// agent can tell: no later than the walk, and no later than `waitsince`
-/// (when the GC first saw it blocked, CLOCK_MONOTONIC like the kernel's
-/// clock), so its age is a lower bound.
+/// agent can tell: no later than the walk, and, when the GC has seen it
+/// blocked, no later than its `waitsince` (CLOCK_MONOTONIC, the kernel's
+/// clock). That is the runtime's own estimate, the one a goroutine dump
+/// prints as "[chan receive, 5 minutes]": the GC stamps a blocked
+/// goroutine with the start of the previous cycle's mark termination, so
+/// it can be early by up to one GC cycle.
 pub fn attach_created(walked_ns: u64, waitsince: u64) -> u64 {
     if waitsince > 0 && waitsince < walked_ns {
         waitsince

@@ -209,7 +209,7 @@ impl Metrics {
         let oldest_age = prometheus::GaugeVec::new(
             Opts::new(
                 "gmon_goroutine_oldest_age_seconds",
-                "Age of the oldest live goroutine (0 when none is live); for goroutines found alive at attach a lower bound: since the attach, or since the GC first saw it blocked",
+                "Age of the oldest live goroutine (0 when none is live); for goroutines found alive at attach: since the attach, or since the runtime's waitsince when the GC has seen it blocked",
             ),
             &family_labels,
         )?;
