@@ -7,11 +7,18 @@ use prometheus::{Gauge, IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
-struct SiteSeries {
+/// gmon's three families for one site.
+struct Gmon {
     creation: IntCounter,
     exit: IntCounter,
     uptime: BulkHistogram,
-    seen_at_attach: IntCounter,
+}
+
+struct SiteSeries {
+    /// Absent for goroutines found alive at attach in standalone mode.
+    gmon: Option<Gmon>,
+    /// Sites of goroutines found alive at attach only.
+    seen_at_attach: Option<IntCounter>,
     live: IntGauge,
     oldest_age: Gauge,
     /// Node mode: the label values, to delete the series with the process.
@@ -56,10 +63,14 @@ impl PromSink {
                 }
             }
             SiteSeries {
-                creation: m.creation.with_label_values(&labels),
-                exit: m.exit.with_label_values(&labels),
-                uptime: m.uptime.with_label_values(&labels),
-                seen_at_attach: m.seen_at_attach.with_label_values(&labels),
+                gmon: in_gmon_families(m, site).then(|| Gmon {
+                    creation: m.creation.with_label_values(&labels),
+                    exit: m.exit.with_label_values(&labels),
+                    uptime: m.uptime.with_label_values(&labels),
+                }),
+                seen_at_attach: site
+                    .seen_at_attach
+                    .then(|| m.seen_at_attach.with_label_values(&labels)),
                 live: m.live.with_label_values(&labels),
                 oldest_age: m.oldest_age.with_label_values(&labels),
                 labels: m
@@ -70,33 +81,48 @@ impl PromSink {
     }
 }
 
+/// Standalone mode (the gmon drop-in) keeps gmon's three families exactly
+/// gmon's: goroutines seen created. Those found alive at attach (whose
+/// stack is only the `go` statement) count in the live, oldest-age and
+/// seen-at-attach families there; node mode counts them in every family,
+/// so creation - exit = live.
+fn in_gmon_families(m: &Metrics, site: &Site) -> bool {
+    m.node || !site.seen_at_attach
+}
+
 impl Sink for PromSink {
     fn created(&mut self, g: &Goroutine) {
         let s = self.series(&g.site);
-        s.creation.inc();
-        if g.site.seen_at_attach {
-            s.seen_at_attach.inc();
+        if let Some(gm) = &s.gmon {
+            gm.creation.inc();
+        }
+        if let Some(c) = &s.seen_at_attach {
+            c.inc();
         }
     }
 
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
-        let s = self.series(&g.site);
-        s.exit.inc();
-        s.uptime.observe_ns(exited_ns.saturating_sub(g.created_ns));
+        if let Some(gm) = &self.series(&g.site).gmon {
+            gm.exit.inc();
+            gm.uptime.observe_ns(exited_ns.saturating_sub(g.created_ns));
+        }
     }
 
     fn counted(&mut self, site: &Site, _pid: u32, d: &SiteDelta) {
         let s = self.series(site);
-        s.creation.inc_by(d.created);
-        if site.seen_at_attach {
-            s.seen_at_attach.inc_by(d.created);
+        if let Some(c) = &s.seen_at_attach {
+            c.inc_by(d.created);
         }
-        s.exit.inc_by(d.exited);
+        let Some(gm) = &s.gmon else {
+            return;
+        };
+        gm.creation.inc_by(d.created);
+        gm.exit.inc_by(d.exited);
         // The kernel's bounds include gmon's: each kernel bucket lies
         // inside one of ours, the one its upper bound falls in.
         for &(i, b) in d.buckets {
-            s.uptime
-                .add(s.uptime.bucket_of(d.upper_secs(i)), b.count, b.sum_ns);
+            gm.uptime
+                .add(gm.uptime.bucket_of(d.upper_secs(i)), b.count, b.sum_ns);
         }
     }
 
