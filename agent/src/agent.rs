@@ -90,6 +90,9 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
     };
     let metrics = Metrics::new(node, kube.as_ref().map(KubeSettings::attribute_keys))?;
     let otlp = Otlp::if_configured(otlp_settings(&cli, &config)?)?;
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        tracing::info!("OTLP export off: OTEL_SDK_DISABLED=true");
+    }
     probes::require_capabilities(node)?;
     let (rt, servers) = Servers::bind(&cli)?;
     let kube = match kube {

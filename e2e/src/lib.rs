@@ -5,6 +5,7 @@ pub mod docker;
 pub mod gmon;
 pub mod kube;
 pub mod otel;
+pub mod tap;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

@@ -58,7 +58,7 @@ the rest.
 {{- if $k }}{{ $_ := set $c "kubernetes" $k }}{{ end }}
 {{- $o := .Values.otlp }}
 {{- if $o.endpoint }}
-{{- $otlp := dict "endpoint" $o.endpoint "protocol" $o.protocol "interval" $o.interval "timeout" $o.timeout "histogram" $o.histogram "max_sites" $o.maxSites "max_series" $o.maxSeries "logs" $o.logs }}
+{{- $otlp := dict "endpoint" $o.endpoint "protocol" $o.protocol "interval" $o.interval "timeout" $o.timeout "histogram" $o.histogram "max_sites" $o.maxSites "max_series" $o.maxSeries "logs" $o.logs "compression" $o.compression "temporality" $o.temporality }}
 {{- with $o.headers }}{{ $_ := set $otlp "headers" . }}{{ end }}
 {{- with $o.resourceAttributes }}{{ $_ := set $otlp "resource_attributes" . }}{{ end }}
 {{- $_ := set $c "otlp" $otlp }}

@@ -7,8 +7,9 @@
 //! {goroutine}), `go.goroutine.lifetime` (histogram, s, recorded once per
 //! goroutine at its exit; explicit buckets from 1 ms to 24 h, or base-2
 //! exponential) and `go.goroutine.live` (up-down counter, {goroutine}).
-//! Temporality is cumulative, so totals stay exact across a collector
-//! outage.
+//! Temporality is cumulative by default, so totals stay exact across a
+//! collector outage; delta (or lowmemory) is the user's choice, and then
+//! the series of exited processes stop being sent.
 //!
 //! Over 400 lines on purpose: the SDK's meter and logger providers, their
 //! three transports and TLS are set up together, so that both signals
@@ -17,7 +18,7 @@
 pub mod settings;
 mod sink;
 
-pub use settings::{HistogramKind, OtlpSettings, Protocol};
+pub use settings::{Compression, HistogramKind, OtlpSettings, Protocol, TemporalityPreference};
 pub use sink::OtlpSink;
 
 use opentelemetry::{KeyValue, metrics::Meter, metrics::MeterProvider as _};
@@ -135,7 +136,7 @@ impl<E: PushMetricExporter> PushMetricExporter for Counted<E> {
         self.inner.shutdown_with_timeout(timeout)
     }
     fn temporality(&self) -> Temporality {
-        Temporality::Cumulative
+        self.inner.temporality()
     }
 }
 
@@ -346,7 +347,7 @@ pub fn log_provider(
     let fail = |e: &dyn std::fmt::Display| Error::Exporter(endpoint.clone(), e.to_string());
     let tls = Tls::load(settings)?;
     let b = opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_resource(resource(settings));
-    let b = match settings.protocol {
+    let b = match settings.logs_protocol {
         Protocol::Grpc => {
             let _guard = grpc_runtime()?.enter();
             let e = opentelemetry_otlp::LogExporter::builder()
@@ -354,6 +355,10 @@ pub fn log_provider(
                 .with_endpoint(endpoint)
                 .with_timeout(settings.timeout)
                 .with_metadata(grpc_metadata(settings).map_err(|e| fail(&e))?);
+            let e = match settings.logs_compression {
+                Compression::Gzip => e.with_compression(opentelemetry_otlp::Compression::Gzip),
+                Compression::None => e,
+            };
             let e = match grpc_tls(endpoint, &tls) {
                 Some(t) => e.with_tls_config(t),
                 None => e,
@@ -363,13 +368,17 @@ pub fn log_provider(
         Protocol::HttpProtobuf | Protocol::HttpJson => {
             let e = opentelemetry_otlp::LogExporter::builder()
                 .with_http()
-                .with_protocol(http_protocol(settings.protocol))
+                .with_protocol(http_protocol(settings.logs_protocol))
                 .with_endpoint(endpoint)
                 .with_timeout(settings.timeout)
                 .with_headers(settings.headers.iter().cloned().collect())
-                .with_http_client(http_client(settings, &tls).map_err(|e| fail(&*e))?)
-                .build()
-                .map_err(|e| fail(&e))?;
+                .with_http_client(http_client(settings, &tls).map_err(|e| fail(&*e))?);
+            let e = match settings.logs_compression {
+                Compression::Gzip => e.with_compression(opentelemetry_otlp::Compression::Gzip),
+                Compression::None => e,
+            }
+            .build()
+            .map_err(|e| fail(&e))?;
             b.with_batch_exporter(e)
         }
     };
@@ -424,7 +433,11 @@ fn grpc_exporter(
         .with_endpoint(&s.endpoint)
         .with_timeout(s.timeout)
         .with_metadata(grpc_metadata(s)?)
-        .with_temporality(Temporality::Cumulative);
+        .with_temporality(temporality(s));
+    let b = match s.compression {
+        Compression::Gzip => b.with_compression(opentelemetry_otlp::Compression::Gzip),
+        Compression::None => b,
+    };
     Ok(match grpc_tls(&s.endpoint, tls) {
         Some(t) => b.with_tls_config(t),
         None => b,
@@ -461,13 +474,27 @@ fn http_exporter(
     s: &OtlpSettings,
     tls: &Tls,
 ) -> Result<opentelemetry_otlp::MetricExporter, Box<dyn std::error::Error>> {
-    Ok(opentelemetry_otlp::MetricExporter::builder()
+    let b = opentelemetry_otlp::MetricExporter::builder()
         .with_http()
         .with_protocol(http_protocol(s.protocol))
         .with_endpoint(&s.endpoint)
         .with_timeout(s.timeout)
         .with_headers(s.headers.iter().cloned().collect())
         .with_http_client(http_client(s, tls)?)
-        .with_temporality(Temporality::Cumulative)
-        .build()?)
+        .with_temporality(temporality(s));
+    Ok(match s.compression {
+        Compression::Gzip => b.with_compression(opentelemetry_otlp::Compression::Gzip),
+        Compression::None => b,
+    }
+    .build()?)
+}
+
+/// The SDK's temporality for the user's preference (the SDK maps it per
+/// instrument kind as the specification says).
+fn temporality(s: &OtlpSettings) -> Temporality {
+    match s.temporality {
+        TemporalityPreference::Cumulative => Temporality::Cumulative,
+        TemporalityPreference::Delta => Temporality::Delta,
+        TemporalityPreference::Lowmemory => Temporality::LowMemory,
+    }
 }

@@ -12,6 +12,10 @@ pub enum Error {
     Protocol(&'static str, String),
     #[error("{0}: expected KEY=VALUE, got {1:?}")]
     KeyValue(&'static str, String),
+    #[error("{0}: unknown compression {1:?} (use gzip or none)")]
+    Compression(&'static str, String),
+    #[error("{0}: unknown temporality preference {1:?} (use cumulative, delta or lowmemory)")]
+    Temporality(&'static str, String),
     #[error(
         "--otlp-logs: no endpoint for logs (set --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT)"
     )]
@@ -54,6 +58,53 @@ pub enum HistogramKind {
     Exponential,
 }
 
+/// Payload compression, as OTEL_EXPORTER_OTLP_COMPRESSION names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "gzip" => Ok(Compression::Gzip),
+            "none" => Ok(Compression::None),
+            _ => Err(()),
+        }
+    }
+}
+
+/// OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: cumulative keeps
+/// every series until exit (totals survive a collector outage); delta
+/// sends only what changed in each interval, so the counters and
+/// histograms of exited processes stop being sent (the live up-down
+/// counter stays cumulative, as the specification has it); lowmemory is
+/// delta for counters and histograms only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TemporalityPreference {
+    #[default]
+    Cumulative,
+    Delta,
+    Lowmemory,
+}
+
+impl std::str::FromStr for TemporalityPreference {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s.to_ascii_lowercase().as_str() {
+            "cumulative" => Ok(Self::Cumulative),
+            "delta" => Ok(Self::Delta),
+            "lowmemory" => Ok(Self::Lowmemory),
+            _ => Err(()),
+        }
+    }
+}
+
 /// The config file's `otlp:` section.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +125,8 @@ pub struct OtlpFile {
     pub histogram: Option<HistogramKind>,
     pub stack_attribute: Option<bool>,
     pub logs: Option<bool>,
+    pub compression: Option<Compression>,
+    pub temporality: Option<TemporalityPreference>,
 }
 
 /// The command line's `--otlp-*` flags.
@@ -134,6 +187,14 @@ pub struct OtlpFlags {
     /// Also send the agent's own diagnostics (INFO and up) as OTLP logs, to the same collector
     #[arg(long)]
     pub otlp_logs: bool,
+
+    /// Compress exports: gzip or none (default); OTEL_EXPORTER_OTLP_COMPRESSION works too
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    pub otlp_compression: Option<Compression>,
+
+    /// Metrics temporality: cumulative (default), delta (exited processes' counters stop being sent) or lowmemory; OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE works too
+    #[arg(long, value_enum, value_name = "PREFERENCE")]
+    pub otlp_temporality: Option<TemporalityPreference>,
 }
 
 /// Resolved settings.
@@ -155,6 +216,11 @@ pub struct OtlpSettings {
     pub stack_attribute: bool,
     /// Where the agent's own logs go, if they are exported.
     pub logs_endpoint: Option<String>,
+    /// The logs' protocol (OTEL_EXPORTER_OTLP_LOGS_PROTOCOL may differ).
+    pub logs_protocol: Protocol,
+    pub compression: Compression,
+    pub logs_compression: Compression,
+    pub temporality: TemporalityPreference,
 }
 
 /// Default distinct creation sites per process.
@@ -170,6 +236,11 @@ impl OtlpSettings {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, Error> {
         let env = |k: &str| env(k).filter(|v| !v.is_empty());
+        // The specification's switch for the whole SDK: no export at all,
+        // whatever else is configured.
+        if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
         // The metrics-specific variable wins over the generic one.
         let signal = |k: &str| {
             env(&format!("OTEL_EXPORTER_OTLP_METRICS_{k}"))
@@ -182,6 +253,17 @@ impl OtlpSettings {
                 Some(p) => p
                     .parse()
                     .map_err(|_| Error::Protocol("OTEL_EXPORTER_OTLP_PROTOCOL", p))?,
+                None => Protocol::HttpProtobuf,
+            },
+        };
+        let logs_protocol = match (flags.otlp_protocol, file.protocol) {
+            (Some(p), _) | (None, Some(p)) => p,
+            _ => match env("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL")
+                .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            {
+                Some(p) => p
+                    .parse()
+                    .map_err(|_| Error::Protocol("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", p))?,
                 None => Protocol::HttpProtobuf,
             },
         };
@@ -202,10 +284,10 @@ impl OtlpSettings {
         let logs = flags.otlp_logs || file.logs.unwrap_or(false);
         let logs_endpoint = match (&base, env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")) {
             _ if !logs => None,
-            (Some(b), _) => Some(with_signal_path(b, protocol, "logs")),
+            (Some(b), _) => Some(with_signal_path(b, logs_protocol, "logs")),
             (None, Some(full)) => Some(full),
             (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-                Some(b) => Some(with_signal_path(&b, protocol, "logs")),
+                Some(b) => Some(with_signal_path(&b, logs_protocol, "logs")),
                 None => return Err(Error::LogsEndpoint),
             },
         };
@@ -240,9 +322,36 @@ impl OtlpSettings {
         let timeout = match (&flags.otlp_timeout, &file.timeout) {
             (Some(d), _) => duration("--otlp-timeout", d)?,
             (None, Some(d)) => duration("otlp.timeout", d)?,
-            _ => match signal("TIMEOUT") {
-                Some(d) => duration("OTEL_EXPORTER_OTLP_TIMEOUT", &d)?,
-                None => Duration::from_secs(10),
+            _ => match (signal("TIMEOUT"), env("OTEL_METRIC_EXPORT_TIMEOUT")) {
+                (Some(d), _) => duration("OTEL_EXPORTER_OTLP_TIMEOUT", &d)?,
+                // The reader's bound on one export: here, the exporter's.
+                (None, Some(d)) => duration("OTEL_METRIC_EXPORT_TIMEOUT", &d)?,
+                (None, None) => Duration::from_secs(10),
+            },
+        };
+        let compression = |logs: bool| -> Result<Compression, Error> {
+            if let Some(c) = flags.otlp_compression.or(file.compression) {
+                return Ok(c);
+            }
+            let specific = match logs {
+                true => "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+                false => "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+            };
+            match (env(specific), env("OTEL_EXPORTER_OTLP_COMPRESSION")) {
+                (Some(v), _) => v.parse().map_err(|_| Error::Compression(specific, v)),
+                (None, Some(v)) => v
+                    .parse()
+                    .map_err(|_| Error::Compression("OTEL_EXPORTER_OTLP_COMPRESSION", v)),
+                (None, None) => Ok(Compression::None),
+            }
+        };
+        let temporality = match flags.otlp_temporality.or(file.temporality) {
+            Some(t) => t,
+            None => match env("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") {
+                Some(v) => v.parse().map_err(|_| {
+                    Error::Temporality("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", v)
+                })?,
+                None => TemporalityPreference::Cumulative,
             },
         };
         let path = |flag: &Option<PathBuf>, file: &Option<PathBuf>, var: &str| {
@@ -283,6 +392,10 @@ impl OtlpSettings {
             histogram: flags.otlp_histogram.or(file.histogram).unwrap_or_default(),
             stack_attribute: flags.otlp_stack_attribute || file.stack_attribute.unwrap_or(false),
             logs_endpoint,
+            logs_protocol,
+            compression: compression(false)?,
+            logs_compression: compression(true)?,
+            temporality,
         }))
     }
 }
@@ -529,5 +642,123 @@ mod tests {
         assert!(err(&[], &bad).contains("--otlp-header"));
         assert!(duration("x", "0s").is_err());
         assert_eq!(duration("x", "3m").unwrap(), Duration::from_secs(180));
+    }
+
+    #[test]
+    fn sdk_disabled_turns_every_export_off() {
+        let flags = OtlpFlags {
+            otlp_endpoint: Some("http://c:4318".into()),
+            otlp_logs: true,
+            ..Default::default()
+        };
+        let file = OtlpFile::default();
+        assert!(resolve(&flags, &file, &[("OTEL_SDK_DISABLED", "true")]).is_none());
+        assert!(resolve(&flags, &file, &[("OTEL_SDK_DISABLED", " TRUE ")]).is_none());
+        // Anything but true leaves it on (the specification's rule).
+        assert!(resolve(&flags, &file, &[("OTEL_SDK_DISABLED", "false")]).is_some());
+        assert!(resolve(&flags, &file, &[("OTEL_SDK_DISABLED", "1")]).is_some());
+    }
+
+    #[test]
+    fn compression_temporality_timeout_and_logs_protocol_per_signal() {
+        let file = OtlpFile::default();
+        let flags = OtlpFlags {
+            otlp_logs: true,
+            ..Default::default()
+        };
+        let s = resolve(
+            &flags,
+            &file,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                ("OTEL_EXPORTER_OTLP_LOGS_COMPRESSION", "none"),
+                ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta"),
+                ("OTEL_METRIC_EXPORT_TIMEOUT", "2500"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (s.protocol, s.logs_protocol),
+            (Protocol::Grpc, Protocol::HttpProtobuf)
+        );
+        assert_eq!(s.endpoint, "http://c:4317");
+        // Logs over HTTP get the signal path.
+        assert_eq!(s.logs_endpoint.as_deref(), Some("http://c:4317/v1/logs"));
+        assert_eq!(
+            (s.compression, s.logs_compression),
+            (Compression::Gzip, Compression::None)
+        );
+        assert_eq!(s.temporality, TemporalityPreference::Delta);
+        assert_eq!(s.timeout, Duration::from_millis(2500));
+        // The exporter's own timeout wins over the reader's.
+        let s = resolve(
+            &flags,
+            &file,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "700"),
+                ("OTEL_METRIC_EXPORT_TIMEOUT", "2500"),
+                ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none"),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.timeout, Duration::from_millis(700));
+        assert_eq!(
+            (s.compression, s.logs_compression),
+            (Compression::None, Compression::Gzip)
+        );
+        assert_eq!(s.temporality, TemporalityPreference::Cumulative);
+        // Flags win over the variables.
+        let f = OtlpFlags {
+            otlp_endpoint: Some("http://c:4318".into()),
+            otlp_compression: Some(Compression::None),
+            otlp_temporality: Some(TemporalityPreference::Lowmemory),
+            ..Default::default()
+        };
+        let s = resolve(
+            &f,
+            &file,
+            &[
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+                ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "delta"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.compression, Compression::None);
+        assert_eq!(s.temporality, TemporalityPreference::Lowmemory);
+        // Bad values say where they came from.
+        let g = OtlpFlags {
+            otlp_compression: None,
+            otlp_temporality: None,
+            ..f.clone()
+        };
+        let err_g = |env: &[(&str, &str)]| {
+            let env: HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            OtlpSettings::resolve(&g, &file, |k| env.get(k).cloned())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err_g(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")])
+                .contains("OTEL_EXPORTER_OTLP_COMPRESSION: unknown compression")
+        );
+        assert!(
+            err_g(&[(
+                "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                "sometimes"
+            )])
+            .contains("use cumulative, delta or lowmemory")
+        );
+        assert!(
+            err_g(&[("OTEL_METRIC_EXPORT_TIMEOUT", "later")])
+                .contains("OTEL_METRIC_EXPORT_TIMEOUT")
+        );
     }
 }
