@@ -134,6 +134,11 @@ impl Sink for PromSink {
             s.oldest_age.set(0.0);
         }
         for l in sites {
+            // A site without live goroutines gets no series of its own
+            // here (its counts make them, as they always did).
+            if l.live == 0 && !self.sites.contains_key(&l.site.id) {
+                continue;
+            }
             let s = self.series(&l.site);
             s.live.add(l.live as i64);
             if let Some(created) = l.oldest_ns {
