@@ -176,7 +176,22 @@ pub fn log_export(
     match otlp_settings(cli, config)? {
         Some(s) => Ok(crate::export::otlp::log_provider(&s)?),
         None if cli.otlp.otlp_logs || config.otlp.logs == Some(true) => {
-            Err(crate::export::otlp::settings::Error::LogsEndpoint.into())
+            Err(crate::export::otlp::settings::Error::SignalEndpoint("logs", "LOGS").into())
+        }
+        None => Ok(None),
+    }
+}
+
+/// The agent's own spans as OTLP traces, if `--otlp-traces` (or
+/// OTEL_TRACES_EXPORTER=otlp) asks for them.
+pub fn trace_export(
+    cli: &Cli,
+    config: &Config,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, Error> {
+    match otlp_settings(cli, config)? {
+        Some(s) => Ok(crate::export::otlp::traces::tracer_provider(&s)?),
+        None if cli.otlp.otlp_traces || config.otlp.traces == Some(true) => {
+            Err(crate::export::otlp::settings::Error::SignalEndpoint("traces", "TRACES").into())
         }
         None => Ok(None),
     }

@@ -60,7 +60,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let _trace = match telemetry::init(cli.level, cli.trace.as_deref(), logs) {
+    let traces = match agent::trace_export(&cli, &config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gmon-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let _trace = match telemetry::init(cli.level, cli.trace.as_deref(), logs, traces) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("gmon-agent: {e}");

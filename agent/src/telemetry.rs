@@ -1,6 +1,7 @@
 //! The agent's own diagnostics: tracing to stderr, so that stdout carries
-//! only gmon-format goroutine lines, and with `-trace FILE` a Chrome trace
-//! (JSON, opens in Perfetto or chrome://tracing) of the agent's own spans.
+//! only gmon-format goroutine lines; with `-trace FILE` a Chrome trace
+//! (JSON, opens in Perfetto or chrome://tracing) of the agent's own spans;
+//! with `--otlp-logs` and `--otlp-traces` its events and spans over OTLP.
 
 use crate::export::logfmt::Level;
 use std::path::Path;
@@ -20,6 +21,7 @@ pub enum Error {
 pub struct TraceGuard {
     _chrome: Option<tracing_chrome::FlushGuard>,
     logs: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
 impl Drop for TraceGuard {
@@ -30,15 +32,22 @@ impl Drop for TraceGuard {
                 eprintln!("gmon-agent: OTLP log export at shutdown failed: {e}");
             }
         }
+        if let Some(t) = self.traces.take()
+            && let Err(e) = t.shutdown()
+        {
+            eprintln!("gmon-agent: OTLP trace export at shutdown failed: {e}");
+        }
     }
 }
 
 /// `logs`: with `--otlp-logs`, the agent's own events (INFO and up) also
-/// go out as OTLP log records.
+/// go out as OTLP log records; `traces`: with `--otlp-traces`, its spans
+/// as OTLP traces (the provider's sampler decides which).
 pub fn init(
     level: Level,
     trace: Option<&Path>,
     logs: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 ) -> Result<TraceGuard, Error> {
     let filter = match level {
         Level::Debug => "warn,gmon_agent=debug",
@@ -76,13 +85,23 @@ pub fn init(
         opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(p)
             .with_filter(Targets::new().with_target("gmon_agent", tracing::Level::INFO))
     });
+    // Every span of the agent's own, whatever the log level; the
+    // exporters' internal ones would loop.
+    let spans = traces.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("gmon-agent"))
+            .with_filter(Targets::new().with_target("gmon_agent", tracing::Level::TRACE))
+    });
     tracing_subscriber::registry()
         .with(stderr)
         .with(chrome)
         .with(otlp)
+        .with(spans)
         .init();
     Ok(TraceGuard {
         _chrome: guard,
         logs,
+        traces,
     })
 }

@@ -295,3 +295,83 @@ fn delta_temporality_stops_sending_an_exited_process() {
     assert!(before > 0);
     a.terminate(Duration::from_secs(15)).expect("agent exits");
 }
+
+/// The spans of one name the collector's debug exporter printed.
+fn spans(log: &str, name: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.trim_start().starts_with("Name") && l.trim_end().ends_with(&format!(": {name}"))
+        })
+        .count()
+}
+
+#[test]
+fn the_agents_own_spans_arrive_as_traces_sampled_as_asked() {
+    if !require_root("OTLP settings test") {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let vm = free_port();
+    let _vm = victoria(vm, &dir.path().join("vm"));
+    let collector = Collector::start(dir.path(), vm, None);
+    let base = format!("http://127.0.0.1:{}", collector.http_port);
+    // The default sampler, over HTTP: every rare span (load, attach, the
+    // attach walk), with the metrics' resource attributes.
+    let (mut a, _) = agent(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", base.clone()),
+            ("OTEL_SERVICE_NAME", "traced".into()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=test".into(),
+            ),
+        ],
+        &["--otlp-traces"],
+        &dir.path().join("a1.log"),
+    );
+    run_spawner(2);
+    std::thread::sleep(Duration::from_secs(1));
+    a.terminate(Duration::from_secs(15)).expect("agent exits");
+    let log = wait_for(Duration::from_secs(10), || {
+        let t = collector.log_text();
+        (spans(&t, "attach") >= 1 && spans(&t, "load") >= 1 && spans(&t, "attach_walk") >= 1)
+            .then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no attach, load and attach_walk spans:\n{}",
+            collector.log_text()
+        )
+    });
+    assert!(log.contains("service.name: Str(traced)"), "{log}");
+    assert!(log.contains("deployment.environment: Str(test)"), "{log}");
+    // 1% of ~20 drains a second: at most a handful in a few seconds.
+    let default_drains = spans(&log, "drain");
+    assert!(default_drains <= 10, "{default_drains} drain spans at 1%");
+    // OTEL_TRACES_EXPORTER, a traces-only endpoint and protocol (gRPC),
+    // and always_on: every drain is a span too.
+    let (mut a, _) = agent(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", base),
+            ("OTEL_TRACES_EXPORTER", "otlp".into()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                format!("http://127.0.0.1:{}", collector.grpc_port),
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc".into()),
+            ("OTEL_TRACES_SAMPLER", "always_on".into()),
+            ("OTEL_SERVICE_NAME", "traced-all".into()),
+        ],
+        &[],
+        &dir.path().join("a2.log"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    a.terminate(Duration::from_secs(15)).expect("agent exits");
+    let drains = wait_for(Duration::from_secs(10), || {
+        let n = spans(&collector.log_text(), "drain") - default_drains;
+        (n >= 20).then_some(n)
+    });
+    assert!(drains.is_some(), "always_on: drain spans missing");
+    assert!(spans(&collector.log_text(), "housekeeping") >= 1);
+}

@@ -128,6 +128,9 @@ service:
     logs:
       receivers: [otlp]
       exporters: [debug]
+    traces:
+      receivers: [otlp]
+      exporters: [debug]
 "
             ),
         )

@@ -50,13 +50,18 @@ pub async fn spawn(
         // A full list is collected aside and swapped in whole, so pods
         // deleted while the watch was down disappear.
         let mut relist: Option<HashMap<String, Arc<PodMeta>>> = None;
+        // From the start of a full list to its end (traces).
+        let mut relist_span = tracing::Span::none();
         let mut last_error_log = None::<std::time::Instant>;
         let meta = |p: &Pod| {
             PodMeta::from_pod(p, &settings.pod_labels, &settings.pod_annotations).map(Arc::new)
         };
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
+                Ok(watcher::Event::Init) => {
+                    relist = Some(HashMap::new());
+                    relist_span = tracing::debug_span!("k8s_relist", pods = tracing::field::Empty);
+                }
                 Ok(watcher::Event::InitApply(p)) => {
                     if let (Some(r), Some(m)) = (relist.as_mut(), meta(&p)) {
                         r.insert(m.uid.clone(), m);
@@ -73,9 +78,14 @@ pub async fn spawn(
                     });
                     index.synced.store(true, Ordering::Release);
                     stats.relists.fetch_add(1, Ordering::Relaxed);
+                    relist_span.record("pods", n);
+                    let _synced = relist_span.enter();
                     tracing::info!(pods = n, "Kubernetes: pod index synced");
+                    drop(_synced);
+                    relist_span = tracing::Span::none();
                 }
                 Ok(watcher::Event::Apply(p)) => {
+                    let _span = tracing::trace_span!("k8s_pod_update").entered();
                     if let Some(m) = meta(&p) {
                         tracing::debug!(namespace = %m.namespace, pod = %m.name, containers = m.containers.len(), "pod updated");
                         index.update(|ix| ix.insert(m));

@@ -232,7 +232,11 @@ impl Pipeline {
         exe_link: &str,
         exe: &str,
     ) -> Result<(), Skip> {
-        let bin = match self.cache.get(exe_link.as_ref()) {
+        let analysed = {
+            let _span = tracing::debug_span!("analyse", exe).entered();
+            self.cache.get(exe_link.as_ref())
+        };
+        let bin = match analysed {
             Ok(b) => b,
             Err(gobin::Error::Open(..)) => return Err(Skip::Gone),
             Err(gobin::Error::NotElf(_) | gobin::Error::NotGo(..) | gobin::Error::NotAmd64(_)) => {
@@ -246,7 +250,11 @@ impl Pipeline {
         };
         self.metrics.discovery.go_binaries_found.inc();
         let started = Instant::now();
-        let att = match self.probes.attach_via(&bin, exe_link.as_ref()) {
+        let attached = {
+            let _span = tracing::debug_span!("attach", exe).entered();
+            self.probes.attach_via(&bin, exe_link.as_ref())
+        };
+        let att = match attached {
             Ok(a) => a,
             Err(e) => {
                 // The process may have exited while we analysed.

@@ -36,8 +36,8 @@ pub const NEEDED: [Capability; 5] = [
     Capability {
         bit: 19,
         name: "SYS_PTRACE",
-        needed_for: "reading /proc/PID/exe, /proc/PID/root and memory of other containers' processes",
-        node_only: true,
+        needed_for: "reading the goroutines a process has when it is first probed (its memory), and /proc/PID/exe and /proc/PID/root of other containers' processes",
+        node_only: false,
     },
     Capability {
         bit: 2,
@@ -131,12 +131,21 @@ mod tests {
         assert_eq!(first_missing(chart, 40, true), None);
         let no_perfmon = chart & !(1 << 38);
         assert_eq!(first_missing(no_perfmon, 40, true).unwrap().name, "PERFMON");
-        // Standalone mode does not need the node-only two.
-        let basic = (1 << 39) | (1 << 38) | (1 << 21);
+        // Standalone mode does not need DAC_READ_SEARCH; both need
+        // SYS_PTRACE (the attach walk reads process memory).
+        let basic = (1 << 39) | (1 << 38) | (1 << 21) | (1 << 19);
         assert_eq!(first_missing(basic, 40, false), None);
-        assert_eq!(first_missing(basic, 40, true).unwrap().name, "SYS_PTRACE");
+        assert_eq!(
+            first_missing(basic, 40, true).unwrap().name,
+            "DAC_READ_SEARCH"
+        );
+        let no_ptrace = basic & !(1 << 19);
+        assert_eq!(
+            first_missing(no_ptrace, 40, false).unwrap().name,
+            "SYS_PTRACE"
+        );
         // A kernel before 5.8 has no CAP_BPF or CAP_PERFMON to grant.
-        assert_eq!(first_missing(1 << 21, 37, false), None);
+        assert_eq!(first_missing((1 << 21) | (1 << 19), 37, false), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod settings;
 mod sink;
+pub mod traces;
 
 pub use settings::{Compression, HistogramKind, OtlpSettings, Protocol, TemporalityPreference};
 pub use sink::OtlpSink;
@@ -104,10 +105,15 @@ struct Counted<E> {
 
 impl<E: PushMetricExporter> PushMetricExporter for Counted<E> {
     async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        // A span per metrics export (traces), not held across an await:
+        // the gRPC path blocks on its own runtime.
+        let span = tracing::debug_span!("otlp_export", ok = tracing::field::Empty);
         let r = match &self.rt {
             Some(rt) => rt.block_on(self.inner.export(metrics)),
             None => self.inner.export(metrics).await,
         };
+        span.record("ok", r.is_ok());
+        drop(span);
         self.stats.exports.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &r {
             let failures = self.stats.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -341,13 +347,14 @@ impl<E: opentelemetry_sdk::logs::LogExporter> opentelemetry_sdk::logs::LogExport
 pub fn log_provider(
     settings: &OtlpSettings,
 ) -> Result<Option<opentelemetry_sdk::logs::SdkLoggerProvider>, Error> {
-    let Some(endpoint) = &settings.logs_endpoint else {
+    let Some(sig) = &settings.logs else {
         return Ok(None);
     };
+    let endpoint = &sig.endpoint;
     let fail = |e: &dyn std::fmt::Display| Error::Exporter(endpoint.clone(), e.to_string());
     let tls = Tls::load(settings)?;
     let b = opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_resource(resource(settings));
-    let b = match settings.logs_protocol {
+    let b = match sig.protocol {
         Protocol::Grpc => {
             let _guard = grpc_runtime()?.enter();
             let e = opentelemetry_otlp::LogExporter::builder()
@@ -355,7 +362,7 @@ pub fn log_provider(
                 .with_endpoint(endpoint)
                 .with_timeout(settings.timeout)
                 .with_metadata(grpc_metadata(settings).map_err(|e| fail(&e))?);
-            let e = match settings.logs_compression {
+            let e = match sig.compression {
                 Compression::Gzip => e.with_compression(opentelemetry_otlp::Compression::Gzip),
                 Compression::None => e,
             };
@@ -368,12 +375,12 @@ pub fn log_provider(
         Protocol::HttpProtobuf | Protocol::HttpJson => {
             let e = opentelemetry_otlp::LogExporter::builder()
                 .with_http()
-                .with_protocol(http_protocol(settings.logs_protocol))
+                .with_protocol(http_protocol(sig.protocol))
                 .with_endpoint(endpoint)
                 .with_timeout(settings.timeout)
                 .with_headers(settings.headers.iter().cloned().collect())
                 .with_http_client(http_client(settings, &tls).map_err(|e| fail(&*e))?);
-            let e = match settings.logs_compression {
+            let e = match sig.compression {
                 Compression::Gzip => e.with_compression(opentelemetry_otlp::Compression::Gzip),
                 Compression::None => e,
             }

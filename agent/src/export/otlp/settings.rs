@@ -17,9 +17,15 @@ pub enum Error {
     #[error("{0}: unknown temporality preference {1:?} (use cumulative, delta or lowmemory)")]
     Temporality(&'static str, String),
     #[error(
-        "--otlp-logs: no endpoint for logs (set --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT)"
+        "--otlp-{0}: no endpoint for {0} (set --otlp-endpoint, OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_{1}_ENDPOINT)"
     )]
-    LogsEndpoint,
+    SignalEndpoint(&'static str, &'static str),
+    #[error(
+        "OTEL_TRACES_SAMPLER: unknown sampler {0:?} (use always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio)"
+    )]
+    Sampler(String),
+    #[error("OTEL_TRACES_SAMPLER_ARG: {0:?} is not a ratio between 0 and 1")]
+    SamplerArg(String),
 }
 
 /// The wire protocol, as OTEL_EXPORTER_OTLP_PROTOCOL names it.
@@ -127,6 +133,7 @@ pub struct OtlpFile {
     pub logs: Option<bool>,
     pub compression: Option<Compression>,
     pub temporality: Option<TemporalityPreference>,
+    pub traces: Option<bool>,
 }
 
 /// The command line's `--otlp-*` flags.
@@ -188,6 +195,10 @@ pub struct OtlpFlags {
     #[arg(long)]
     pub otlp_logs: bool,
 
+    /// Also send the agent's own spans (analyse, load, attach, attach walk, drain, housekeeping, k8s sync, export) as OTLP traces; OTEL_TRACES_EXPORTER=otlp works too
+    #[arg(long)]
+    pub otlp_traces: bool,
+
     /// Compress exports: gzip or none (default); OTEL_EXPORTER_OTLP_COMPRESSION works too
     #[arg(long, value_enum, value_name = "ALGORITHM")]
     pub otlp_compression: Option<Compression>,
@@ -214,13 +225,78 @@ pub struct OtlpSettings {
     pub max_series: usize,
     pub histogram: HistogramKind,
     pub stack_attribute: bool,
-    /// Where the agent's own logs go, if they are exported.
-    pub logs_endpoint: Option<String>,
-    /// The logs' protocol (OTEL_EXPORTER_OTLP_LOGS_PROTOCOL may differ).
-    pub logs_protocol: Protocol,
     pub compression: Compression,
-    pub logs_compression: Compression,
     pub temporality: TemporalityPreference,
+    /// The agent's own logs, if they are exported.
+    pub logs: Option<Signal>,
+    /// The agent's own spans, if they are exported, and how they are sampled.
+    pub traces: Option<Signal>,
+    pub sampler: SamplerSpec,
+}
+
+/// Where and how one of the agent's own signals (logs, traces) goes: each
+/// may have its own endpoint, protocol and compression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub compression: Compression,
+}
+
+/// OTEL_TRACES_SAMPLER and _ARG, or gmon-agent's default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerSpec {
+    /// Follow the parent span's decision (every span the agent makes is a
+    /// root or a child of its own, so this keeps whole traces together).
+    pub parent_based: bool,
+    pub kind: SampleKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SampleKind {
+    AlwaysOn,
+    AlwaysOff,
+    /// This fraction of traces, by trace id.
+    Ratio(f64),
+    /// The default: every trace except the frequent ones (a drain every
+    /// 50 ms, a housekeeping every second), of which this fraction.
+    Frequent(f64),
+}
+
+/// The default sampler: all the rare spans, 1% of the per-drain ones.
+pub const DEFAULT_SAMPLER: SamplerSpec = SamplerSpec {
+    parent_based: true,
+    kind: SampleKind::Frequent(0.01),
+};
+
+impl SamplerSpec {
+    /// From OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG.
+    pub fn parse(name: Option<&str>, arg: Option<&str>) -> Result<Self, Error> {
+        let Some(name) = name else {
+            return Ok(DEFAULT_SAMPLER);
+        };
+        let ratio = || -> Result<f64, Error> {
+            match arg {
+                None => Ok(1.0),
+                Some(a) => a
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| Error::SamplerArg(a.to_owned())),
+            }
+        };
+        let (parent_based, kind) = match name.trim() {
+            "always_on" => (false, SampleKind::AlwaysOn),
+            "always_off" => (false, SampleKind::AlwaysOff),
+            "traceidratio" => (false, SampleKind::Ratio(ratio()?)),
+            "parentbased_always_on" => (true, SampleKind::AlwaysOn),
+            "parentbased_always_off" => (true, SampleKind::AlwaysOff),
+            "parentbased_traceidratio" => (true, SampleKind::Ratio(ratio()?)),
+            other => return Err(Error::Sampler(other.to_owned())),
+        };
+        Ok(SamplerSpec { parent_based, kind })
+    }
 }
 
 /// Default distinct creation sites per process.
@@ -256,17 +332,6 @@ impl OtlpSettings {
                 None => Protocol::HttpProtobuf,
             },
         };
-        let logs_protocol = match (flags.otlp_protocol, file.protocol) {
-            (Some(p), _) | (None, Some(p)) => p,
-            _ => match env("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL")
-                .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            {
-                Some(p) => p
-                    .parse()
-                    .map_err(|_| Error::Protocol("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", p))?,
-                None => Protocol::HttpProtobuf,
-            },
-        };
         // A base URL gets the signal path on HTTP; a metrics-specific URL
         // is used as it is (the OTLP exporter specification's rule).
         let base = flags
@@ -281,17 +346,6 @@ impl OtlpSettings {
                 None => return Ok(None),
             },
         };
-        let logs = flags.otlp_logs || file.logs.unwrap_or(false);
-        let logs_endpoint = match (&base, env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")) {
-            _ if !logs => None,
-            (Some(b), _) => Some(with_signal_path(b, logs_protocol, "logs")),
-            (None, Some(full)) => Some(full),
-            (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-                Some(b) => Some(with_signal_path(&b, logs_protocol, "logs")),
-                None => return Err(Error::LogsEndpoint),
-            },
-        };
-
         let mut headers: Vec<(String, String)> = Vec::new();
         let mut set = |k: String, v: String| {
             headers.retain(|(h, _)| !h.eq_ignore_ascii_case(&k));
@@ -329,22 +383,70 @@ impl OtlpSettings {
                 (None, None) => Duration::from_secs(10),
             },
         };
-        let compression = |logs: bool| -> Result<Compression, Error> {
+        // A signal's own variable, then the generic one (the metrics'
+        // are OTEL_EXPORTER_OTLP_METRICS_*).
+        let compression = |name: &'static str| -> Result<Compression, Error> {
             if let Some(c) = flags.otlp_compression.or(file.compression) {
                 return Ok(c);
             }
-            let specific = match logs {
-                true => "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
-                false => "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
-            };
-            match (env(specific), env("OTEL_EXPORTER_OTLP_COMPRESSION")) {
-                (Some(v), _) => v.parse().map_err(|_| Error::Compression(specific, v)),
+            let specific = format!("OTEL_EXPORTER_OTLP_{name}_COMPRESSION");
+            match (env(&specific), env("OTEL_EXPORTER_OTLP_COMPRESSION")) {
+                (Some(v), _) => v
+                    .parse()
+                    .map_err(|_| Error::Compression(var_name(name, "COMPRESSION"), v)),
                 (None, Some(v)) => v
                     .parse()
                     .map_err(|_| Error::Compression("OTEL_EXPORTER_OTLP_COMPRESSION", v)),
                 (None, None) => Ok(Compression::None),
             }
         };
+        // The agent's own logs and traces: each with its endpoint (the
+        // base one with the signal's path, or the signal's own URL as
+        // given), protocol and compression.
+        let side_signal = |flag: &'static str, name: &'static str, on: bool| {
+            if !on {
+                return Ok(None);
+            }
+            let protocol = match (flags.otlp_protocol, file.protocol) {
+                (Some(p), _) | (None, Some(p)) => p,
+                _ => match env(&format!("OTEL_EXPORTER_OTLP_{name}_PROTOCOL"))
+                    .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+                {
+                    Some(p) => p
+                        .parse()
+                        .map_err(|_| Error::Protocol(var_name(name, "PROTOCOL"), p))?,
+                    None => Protocol::HttpProtobuf,
+                },
+            };
+            let path = flag;
+            let endpoint = match (&base, env(&format!("OTEL_EXPORTER_OTLP_{name}_ENDPOINT"))) {
+                (Some(b), _) => with_signal_path(b, protocol, path),
+                (None, Some(full)) => full,
+                (None, None) => match env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+                    Some(b) => with_signal_path(&b, protocol, path),
+                    None => return Err(Error::SignalEndpoint(flag, name)),
+                },
+            };
+            Ok(Some(Signal {
+                endpoint,
+                protocol,
+                compression: compression(name)?,
+            }))
+        };
+        let logs = side_signal(
+            "logs",
+            "LOGS",
+            flags.otlp_logs || file.logs.unwrap_or(false),
+        )?;
+        let traces_on = flags.otlp_traces
+            || file.traces.unwrap_or(false)
+            || env("OTEL_TRACES_EXPORTER")
+                .is_some_and(|e| e.split(',').any(|x| x.trim() == "otlp"));
+        let traces = side_signal("traces", "TRACES", traces_on)?;
+        let sampler = SamplerSpec::parse(
+            env("OTEL_TRACES_SAMPLER").as_deref(),
+            env("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        )?;
         let temporality = match flags.otlp_temporality.or(file.temporality) {
             Some(t) => t,
             None => match env("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE") {
@@ -391,12 +493,23 @@ impl OtlpSettings {
                 .unwrap_or(DEFAULT_MAX_SERIES),
             histogram: flags.otlp_histogram.or(file.histogram).unwrap_or_default(),
             stack_attribute: flags.otlp_stack_attribute || file.stack_attribute.unwrap_or(false),
-            logs_endpoint,
-            logs_protocol,
-            compression: compression(false)?,
-            logs_compression: compression(true)?,
+            compression: compression("METRICS")?,
             temporality,
+            logs,
+            traces,
+            sampler,
         }))
+    }
+}
+
+/// "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL" and the like, as a static name.
+fn var_name(signal: &'static str, what: &'static str) -> &'static str {
+    match (signal, what) {
+        ("LOGS", "PROTOCOL") => "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+        ("TRACES", "PROTOCOL") => "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ("LOGS", _) => "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+        ("TRACES", _) => "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        _ => "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
     }
 }
 
@@ -587,17 +700,15 @@ mod tests {
             ..Default::default()
         };
         let s = resolve(&flags, &OtlpFile::default(), &[]).unwrap();
-        assert_eq!(s.logs_endpoint.as_deref(), Some("http://c:4318/v1/logs"));
+        assert_eq!(
+            s.logs.as_ref().map(|l| l.endpoint.as_str()),
+            Some("http://c:4318/v1/logs")
+        );
         let off = OtlpFlags {
             otlp_logs: false,
             ..flags.clone()
         };
-        assert_eq!(
-            resolve(&off, &OtlpFile::default(), &[])
-                .unwrap()
-                .logs_endpoint,
-            None
-        );
+        assert_eq!(resolve(&off, &OtlpFile::default(), &[]).unwrap().logs, None);
         // Only a metrics URL: logs have nowhere to go.
         let only_metrics = OtlpFlags {
             otlp_logs: true,
@@ -681,14 +792,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (s.protocol, s.logs_protocol),
+            (s.protocol, s.logs.as_ref().unwrap().protocol),
             (Protocol::Grpc, Protocol::HttpProtobuf)
         );
         assert_eq!(s.endpoint, "http://c:4317");
         // Logs over HTTP get the signal path.
-        assert_eq!(s.logs_endpoint.as_deref(), Some("http://c:4317/v1/logs"));
         assert_eq!(
-            (s.compression, s.logs_compression),
+            s.logs.as_ref().map(|l| l.endpoint.as_str()),
+            Some("http://c:4317/v1/logs")
+        );
+        assert_eq!(
+            (s.compression, s.logs.as_ref().unwrap().compression),
             (Compression::Gzip, Compression::None)
         );
         assert_eq!(s.temporality, TemporalityPreference::Delta);
@@ -708,7 +822,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.timeout, Duration::from_millis(700));
         assert_eq!(
-            (s.compression, s.logs_compression),
+            (s.compression, s.logs.as_ref().unwrap().compression),
             (Compression::None, Compression::Gzip)
         );
         assert_eq!(s.temporality, TemporalityPreference::Cumulative);
