@@ -499,10 +499,12 @@ fn go_older_than_1_23_is_skipped_with_a_logged_reason() {
         line.contains("go1.19") && line.contains("Go 1.23 or newer"),
         "{line}"
     );
-    assert_eq!(
-        agent.metric("gmon_agent_processes_skipped_total{reason=\"too_old\"}"),
-        1.0
-    );
+    // Counted just after the line is logged: wait for it.
+    let skipped = wait_for(Duration::from_secs(5), || {
+        let n = agent.metric("gmon_agent_processes_skipped_total{reason=\"too_old\"}");
+        (n == 1.0).then_some(n)
+    });
+    assert_eq!(skipped, Some(1.0));
     assert_eq!(agent.metric("gmon_agent_binaries_attached"), 0.0);
     drop(old.child.stdin.take());
     let _ = old.child.wait();

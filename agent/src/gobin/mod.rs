@@ -10,6 +10,7 @@ pub mod allgs;
 pub mod buildinfo;
 pub mod cache;
 pub mod dwarf;
+pub mod fuzz;
 pub mod pclntab;
 pub mod ret;
 pub mod sites;
@@ -572,6 +573,14 @@ impl GoBinary {
     /// Whether inline trees were located (moduledata found).
     pub fn has_inline_info(&self) -> bool {
         self.symbols.has_inline_info()
+    }
+
+    /// The named function's entry address and code (for tests and the
+    /// fuzzers' seeds).
+    pub fn function_code(&self, name: &str) -> Option<(u64, &[u8])> {
+        let f = self.symbols.find(name)?;
+        let off = self.file_offset(f.entry).ok()?;
+        Some((f.entry, self.file_bytes(off, f.end - f.entry)?))
     }
 
     /// Entry address of the named function (for tests and diagnostics).
