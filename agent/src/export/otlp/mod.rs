@@ -362,10 +362,7 @@ pub fn log_provider(
                 .with_endpoint(endpoint)
                 .with_timeout(settings.timeout)
                 .with_metadata(grpc_metadata(settings).map_err(|e| fail(&e))?);
-            let e = match sig.compression {
-                Compression::Gzip => e.with_compression(opentelemetry_otlp::Compression::Gzip),
-                Compression::None => e,
-            };
+            let e = e.with_compression_of(sig.compression);
             let e = match grpc_tls(endpoint, &tls) {
                 Some(t) => e.with_tls_config(t),
                 None => e,
@@ -380,12 +377,10 @@ pub fn log_provider(
                 .with_timeout(settings.timeout)
                 .with_headers(settings.headers.iter().cloned().collect())
                 .with_http_client(http_client(settings, &tls).map_err(|e| fail(&*e))?);
-            let e = match sig.compression {
-                Compression::Gzip => e.with_compression(opentelemetry_otlp::Compression::Gzip),
-                Compression::None => e,
-            }
-            .build()
-            .map_err(|e| fail(&e))?;
+            let e = e
+                .with_http_compression_of(sig.compression)
+                .build()
+                .map_err(|e| fail(&e))?;
             b.with_batch_exporter(e)
         }
     };
@@ -441,10 +436,7 @@ fn grpc_exporter(
         .with_timeout(s.timeout)
         .with_metadata(grpc_metadata(s)?)
         .with_temporality(temporality(s));
-    let b = match s.compression {
-        Compression::Gzip => b.with_compression(opentelemetry_otlp::Compression::Gzip),
-        Compression::None => b,
-    };
+    let b = b.with_compression_of(s.compression);
     Ok(match grpc_tls(&s.endpoint, tls) {
         Some(t) => b.with_tls_config(t),
         None => b,
@@ -489,11 +481,37 @@ fn http_exporter(
         .with_headers(s.headers.iter().cloned().collect())
         .with_http_client(http_client(s, tls)?)
         .with_temporality(temporality(s));
-    Ok(match s.compression {
-        Compression::Gzip => b.with_compression(opentelemetry_otlp::Compression::Gzip),
-        Compression::None => b,
+    Ok(b.with_http_compression_of(s.compression).build()?)
+}
+
+/// `with_compression` when the user asked for gzip, for every exporter
+/// builder (gRPC and HTTP; metrics, logs and traces).
+trait CompressionOf: Sized {
+    fn with_compression_of(self, c: Compression) -> Self;
+}
+
+impl<B: WithTonicConfig> CompressionOf for B {
+    fn with_compression_of(self, c: Compression) -> Self {
+        match c {
+            Compression::Gzip => self.with_compression(opentelemetry_otlp::Compression::Gzip),
+            Compression::None => self,
+        }
     }
-    .build()?)
+}
+
+/// The HTTP builders' twin of `CompressionOf` (a type implements only one
+/// of the two config traits).
+trait HttpCompressionOf: Sized {
+    fn with_http_compression_of(self, c: Compression) -> Self;
+}
+
+impl<B: WithHttpConfig> HttpCompressionOf for B {
+    fn with_http_compression_of(self, c: Compression) -> Self {
+        match c {
+            Compression::Gzip => self.with_compression(opentelemetry_otlp::Compression::Gzip),
+            Compression::None => self,
+        }
+    }
 }
 
 /// The SDK's temporality for the user's preference (the SDK maps it per

@@ -7,9 +7,9 @@
 //! second), whole traces kept together.
 
 use super::{
-    Error, OtlpSettings, Protocol, Tls, grpc_metadata, grpc_runtime, grpc_tls, http_client,
-    http_protocol, resource,
-    settings::{Compression, SampleKind, SamplerSpec},
+    CompressionOf, Error, HttpCompressionOf, OtlpSettings, Protocol, Tls, grpc_metadata,
+    grpc_runtime, grpc_tls, http_client, http_protocol, resource,
+    settings::{SampleKind, SamplerSpec},
 };
 use opentelemetry::{
     Context, KeyValue,
@@ -51,24 +51,21 @@ impl ShouldSample for ByName {
     }
 }
 
-/// The SDK sampler for a spec.
+/// The SDK sampler for a spec. The default one is always parent-based.
 pub fn sampler(spec: SamplerSpec) -> Sampler {
-    let root: Box<dyn ShouldSample> = match spec.kind {
-        SampleKind::AlwaysOn => Box::new(Sampler::AlwaysOn),
-        SampleKind::AlwaysOff => Box::new(Sampler::AlwaysOff),
-        SampleKind::Ratio(r) => Box::new(Sampler::TraceIdRatioBased(r)),
-        SampleKind::Frequent(r) => Box::new(ByName {
-            frequent: Sampler::TraceIdRatioBased(r),
-        }),
+    let root = match spec.kind {
+        SampleKind::AlwaysOn => Sampler::AlwaysOn,
+        SampleKind::AlwaysOff => Sampler::AlwaysOff,
+        SampleKind::Ratio(r) => Sampler::TraceIdRatioBased(r),
+        SampleKind::Frequent(r) => {
+            return Sampler::ParentBased(Box::new(ByName {
+                frequent: Sampler::TraceIdRatioBased(r),
+            }));
+        }
     };
     match spec.parent_based {
-        true => Sampler::ParentBased(root),
-        false => match spec.kind {
-            SampleKind::AlwaysOn => Sampler::AlwaysOn,
-            SampleKind::AlwaysOff => Sampler::AlwaysOff,
-            SampleKind::Ratio(r) => Sampler::TraceIdRatioBased(r),
-            SampleKind::Frequent(_) => Sampler::ParentBased(root),
-        },
+        true => Sampler::ParentBased(Box::new(root)),
+        false => root,
     }
 }
 
@@ -91,10 +88,7 @@ pub fn tracer_provider(settings: &OtlpSettings) -> Result<Option<SdkTracerProvid
                 .with_endpoint(endpoint)
                 .with_timeout(settings.timeout)
                 .with_metadata(grpc_metadata(settings).map_err(|e| fail(&e))?);
-            let e = match sig.compression {
-                Compression::Gzip => e.with_compression(opentelemetry_otlp::Compression::Gzip),
-                Compression::None => e,
-            };
+            let e = e.with_compression_of(sig.compression);
             let e = match grpc_tls(endpoint, &tls) {
                 Some(t) => e.with_tls_config(t),
                 None => e,
@@ -109,12 +103,10 @@ pub fn tracer_provider(settings: &OtlpSettings) -> Result<Option<SdkTracerProvid
                 .with_timeout(settings.timeout)
                 .with_headers(settings.headers.iter().cloned().collect())
                 .with_http_client(http_client(settings, &tls).map_err(|e| fail(&*e))?);
-            let e = match sig.compression {
-                Compression::Gzip => e.with_compression(opentelemetry_otlp::Compression::Gzip),
-                Compression::None => e,
-            }
-            .build()
-            .map_err(|e| fail(&e))?;
+            let e = e
+                .with_http_compression_of(sig.compression)
+                .build()
+                .map_err(|e| fail(&e))?;
             b.with_batch_exporter(e)
         }
     };
