@@ -10,6 +10,11 @@ use gmon_agent::gobin::{GoBinary, fuzz};
 use object::{Object, ObjectSection};
 use std::path::PathBuf;
 
+// Any single allocation over fuzz::ALLOC_CAP aborts the test, as it does
+// the fuzzers.
+#[global_allocator]
+static ALLOC: fuzz::CappedAlloc = fuzz::CappedAlloc;
+
 type Target = (&'static str, fn(&[u8]));
 const TARGETS: [Target; 5] = [
     ("analyse", fuzz::analyse),

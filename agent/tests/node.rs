@@ -5,28 +5,21 @@
 use e2e::{
     Proc,
     docker::{Container, container, image, require_docker},
-    fixture, free_port, http_get, piped, require_root, wait_for,
+    fixture, http_get,
+    node::NodeAgent,
+    piped, require_root, wait_for,
 };
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     process::{Command, Stdio},
-    sync::{Mutex, mpsc},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
 // One node-mode agent at a time: each sees every process on the host.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct NodeAgent {
-    proc: Proc,
-    stderr: mpsc::Receiver<String>,
-    /// Everything the agent logged, for failure messages.
-    log: std::sync::Arc<Mutex<Vec<String>>>,
-    port: u16,
-}
-
-/// Starts the agent in node mode, limited to the fixtures (other Go
-/// programs on the machine are none of the tests' business).
+/// Starts the agent in node mode, limited to the fixtures.
 fn node_agent(extra: &[&str]) -> NodeAgent {
     node_agent_at("WARN", extra)
 }
@@ -34,99 +27,12 @@ fn node_agent(extra: &[&str]) -> NodeAgent {
 /// `node_agent` at a log level: above INFO the kernel aggregates (no event
 /// per goroutine); at INFO every goroutine is an event.
 fn node_agent_at(level: &str, extra: &[&str]) -> NodeAgent {
-    let port = free_port();
-    let fixtures = format!("{}/*", fixture("spawner").parent().unwrap().display());
-    let mut proc = Proc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
-            .args([
-                "--metrics",
-                &port.to_string(),
-                "--level",
-                level,
-                "--include",
-            ])
-            .arg(&fixtures)
-            .args(extra)
-            .env("GMON_AGENT_LOG", "gmon_agent=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped()),
-    );
-    let (tx, stderr) = mpsc::channel();
-    let err = proc.child.stderr.take().unwrap();
-    let log = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let all = log.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            all.lock().unwrap().push(l.clone());
-            let _ = tx.send(l);
-        }
-    });
-    let agent = NodeAgent {
-        proc,
-        stderr,
-        log,
-        port,
-    };
-    agent.wait_line(Duration::from_secs(20), |l| l.contains("initial scan done"));
-    agent
-}
-
-impl NodeAgent {
-    fn wait_line(&self, timeout: Duration, f: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(l) = self.stderr.recv_timeout(left) else {
-                let tail = &seen[seen.len().saturating_sub(30)..];
-                panic!(
-                    "agent did not log what was expected in {timeout:?}; it logged:\n{}",
-                    tail.join("\n")
-                );
-            };
-            if f(&l) {
-                return l;
-            }
-            seen.push(l);
-        }
-    }
-
-    /// Waits until every pid in `pids` has been reported probed.
-    fn wait_probed(&self, pids: &[u32]) {
-        let mut left: std::collections::HashSet<u32> = pids.iter().copied().collect();
-        while !left.is_empty() {
-            let l = self.wait_line(Duration::from_secs(5), |l| l.contains("process probed"));
-            if let Some(pid) = l
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("pid="))
-                .and_then(|v| v.parse().ok())
-            {
-                left.remove(&pid);
-            }
-        }
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let (_, body) = http_get(self.port, "/metrics").unwrap();
-        body.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.proc.pid()))
-            .unwrap()
-            .count()
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.proc.pid())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    }
+    NodeAgent::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_gmon-agent")),
+        level,
+        extra,
+        None,
+    )
 }
 
 /// A spawner waiting for its start line.

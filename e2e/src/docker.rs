@@ -30,22 +30,29 @@ pub fn require_docker() -> bool {
 
 /// A FROM-scratch image holding one static fixture as /app.
 pub fn image(fixture_name: &str) -> String {
+    image_of(
+        &fixture(fixture_name),
+        &format!("gmon-agent-test/{fixture_name}:latest"),
+    )
+}
+
+/// A FROM-scratch image holding the file at `path` as /app, tagged `tag`.
+pub fn image_of(path: &std::path::Path, tag: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(fixture(fixture_name), dir.path().join("app")).unwrap();
+    std::fs::copy(path, dir.path().join("app")).unwrap();
     std::fs::write(
         dir.path().join("Dockerfile"),
         "FROM scratch\nCOPY app /app\nENTRYPOINT [\"/app\"]\n",
     )
     .unwrap();
-    let tag = format!("gmon-agent-test/{fixture_name}:latest");
     let st = Command::new(DOCKER)
-        .args(["build", "-q", "-t", &tag])
+        .args(["build", "-q", "-t", tag])
         .arg(dir.path())
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(st.success(), "docker build {tag}");
-    tag
+    tag.to_owned()
 }
 
 /// A container in a Kubernetes-shaped cgroup, its stdin and stdout piped.

@@ -1,9 +1,11 @@
 //! Support for gmon-agent's end-to-end tests and benchmarks: locating the
 //! fixtures, running processes that are killed when dropped, plain HTTP.
 
+pub mod cgroup;
 pub mod docker;
 pub mod gmon;
 pub mod kube;
+pub mod node;
 pub mod otel;
 pub mod tap;
 

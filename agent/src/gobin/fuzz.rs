@@ -3,7 +3,48 @@
 //! return, never panic, hang or allocate beyond what the input justifies.
 
 use super::{GoBinary, allgs, buildinfo, dwarf, pclntab::Pclntab, ret, sites};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
+
+/// The largest single allocation an input may cause: the inputs are at most
+/// a few MiB, so anything near this comes from a size field that was not
+/// checked against the file.
+pub const ALLOC_CAP: usize = 128 << 20;
+
+/// The system allocator, failing any allocation over `ALLOC_CAP` (the
+/// process then aborts with "memory allocation of N bytes failed", which
+/// libFuzzer records as a finding). The fuzz targets and the corpus replay
+/// test install it as their global allocator.
+pub struct CappedAlloc;
+
+// SAFETY: forwards to System, or returns null, which GlobalAlloc allows.
+unsafe impl GlobalAlloc for CappedAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > ALLOC_CAP {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the caller's contract is System's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > ALLOC_CAP {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > ALLOC_CAP {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
 
 /// The whole analysis of `data` as an executable file, then the
 /// symbolization of a few PCs, as the agent does for every binary.

@@ -41,7 +41,9 @@ const GOEXIT1: &str = "runtime.goexit1";
 pub enum Error {
     #[error("cannot open {0}: {1}; check that the path exists and is readable")]
     Open(PathBuf, std::io::Error),
-    #[error("{0} is not an ELF executable; pass the path of a compiled Go program")]
+    #[error(
+        "{0} is not an ELF executable, or a truncated or corrupt one; pass the path of a compiled Go program"
+    )]
     NotElf(PathBuf),
     #[error("{0} is not an x86-64 executable; gmon-agent supports amd64 only")]
     NotAmd64(PathBuf),
@@ -71,6 +73,27 @@ pub enum Error {
         found: String,
         known: String,
     },
+}
+
+impl Error {
+    /// A short label for why, as `gmon_agent_attach_failures_total{reason}`
+    /// counts it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Open(..) => "open",
+            Error::NotElf(_) => "bad_elf",
+            Error::NotAmd64(_) => "not_amd64",
+            Error::NotGo(_, buildinfo::Error::Missing) => "not_go",
+            Error::NotGo(..) => "bad_buildinfo",
+            Error::TooOld { .. } => "too_old",
+            Error::Pclntab(..) => "bad_pclntab",
+            Error::MissingRuntime { .. } => "missing_runtime",
+            Error::NoRet { .. } => "no_ret",
+            Error::Unmapped(..) => "unmapped",
+            Error::Offsets(..) => "bad_dwarf",
+            Error::UnknownRelease { .. } => "unknown_release",
+        }
+    }
 }
 
 /// The runtime.g fields gmon-agent reads: the probes' (`GOffsets`, shared
@@ -109,12 +132,14 @@ impl std::fmt::Display for OffsetsSource {
     }
 }
 
-/// The binary's `.go.buildinfo`.
+/// The binary's `.go.buildinfo`. A section whose header points outside
+/// the file is corrupt, not missing: a damaged Go binary is reported, not
+/// passed over as a C program.
 fn read_buildinfo(file: &object::File<'_>) -> Result<BuildInfo, buildinfo::Error> {
-    file.section_by_name(".go.buildinfo")
-        .and_then(|s| s.data().ok())
-        .ok_or(buildinfo::Error::Missing)
-        .and_then(buildinfo::parse)
+    let section = file
+        .section_by_name(".go.buildinfo")
+        .ok_or(buildinfo::Error::Missing)?;
+    buildinfo::parse(section.data().map_err(|_| buildinfo::Error::Corrupt)?)
 }
 
 /// Link-time address of the start of Go's text, for a `.gopclntab` whose
@@ -368,7 +393,16 @@ impl GoBinary {
         if file.architecture() != object::Architecture::X86_64 {
             return Err(Error::NotAmd64(p()));
         }
-        let build = read_buildinfo(&file).map_err(|e| Error::NotGo(p(), e))?;
+        let build = match read_buildinfo(&file) {
+            Ok(b) => b,
+            Err(buildinfo::Error::PreGo118) => {
+                return Err(Error::TooOld {
+                    path: p(),
+                    found: "a Go release before 1.18".into(),
+                });
+            }
+            Err(e) => return Err(Error::NotGo(p(), e)),
+        };
         if build.version < MIN_GO {
             return Err(Error::TooOld {
                 path: p(),

@@ -239,14 +239,19 @@ impl Pipeline {
         let bin = match analysed {
             Ok(b) => b,
             Err(gobin::Error::Open(..)) => return Err(Skip::Gone),
-            Err(gobin::Error::NotElf(_) | gobin::Error::NotGo(..) | gobin::Error::NotAmd64(_)) => {
-                return Err(Skip::NotGo);
-            }
+            // Every C program on the node: counted, not logged. A damaged
+            // .go.buildinfo is a Go binary the agent cannot read: below.
+            Err(
+                gobin::Error::NotGo(_, gobin::buildinfo::Error::Missing)
+                | gobin::Error::NotAmd64(_),
+            ) => return Err(Skip::NotGo),
             Err(e @ gobin::Error::TooOld { .. }) => {
                 tracing::info!(pid, exe, "not probed: {e}");
                 return Err(Skip::TooOld);
             }
-            Err(e) => return Err(self.failed(pid, exe, "analysis", &e)),
+            // The kernel ran it, so an unreadable ELF is a damaged file:
+            // logged and counted like any other analysis failure.
+            Err(e) => return Err(self.failed(pid, exe, e.reason(), &e)),
         };
         self.metrics.discovery.go_binaries_found.inc();
         let started = Instant::now();
@@ -283,13 +288,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Logs and counts a binary that could not be probed at `stage`.
-    fn failed(&self, pid: u32, exe: &str, stage: &str, e: &dyn std::fmt::Display) -> Skip {
+    /// Logs and counts a binary that could not be probed, for `reason`.
+    fn failed(&self, pid: u32, exe: &str, reason: &str, e: &dyn std::fmt::Display) -> Skip {
         tracing::warn!(pid, exe, "cannot probe: {e}");
         self.metrics
             .discovery
             .attach_failures
-            .with_label_values(&[stage])
+            .with_label_values(&[reason])
             .inc();
         Skip::Failed
     }

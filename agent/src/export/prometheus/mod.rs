@@ -383,7 +383,7 @@ impl Metrics {
                 attach_failures: counter_vec(
                     &r,
                     "gmon_agent_attach_failures_total",
-                    "Go executables that could not be probed, by reason (analysis, attach)",
+                    "Executables that could not be probed, by reason (attach, or why the analysis refused the file: bad_elf, bad_buildinfo, bad_pclntab, missing_runtime, no_ret, unmapped, bad_dwarf, unknown_release)",
                     &["reason"],
                 )?,
                 processes_skipped: counter_vec(
