@@ -7,6 +7,7 @@ pub mod gmon;
 pub mod kube;
 pub mod node;
 pub mod otel;
+pub mod soak;
 pub mod tap;
 
 use std::{
