@@ -161,10 +161,11 @@ impl<T: AsRef<[u8]>> Pclntab<T> {
     }
 
     fn func_at(&self, i: usize) -> Option<Func> {
-        let p = self.functab + i * 8;
-        let entry = self.u32_at(p)? as u64 + self.text_start;
-        let record = self.functab + self.u32_at(p + 4)? as usize;
-        let end = self.u32_at(p + 8)? as u64 + self.text_start;
+        // The header's text start is untrusted: checked, like every offset.
+        let p = self.functab.checked_add(i.checked_mul(8)?)?;
+        let entry = self.text_start.checked_add(self.u32_at(p)? as u64)?;
+        let record = self.functab.checked_add(self.u32_at(p.checked_add(4)?)? as usize)?;
+        let end = self.text_start.checked_add(self.u32_at(p.checked_add(8)?)? as u64)?;
         Some(Func { entry, end, record })
     }
 
@@ -304,7 +305,9 @@ impl<T: AsRef<[u8]>> Pclntab<T> {
                 Some((self.name_at(name_off)?, parent_pc))
             });
             match call {
-                Some((function, parent_pc)) if parent_pc >= 0 => {
+                Some((function, parent_pc))
+                    if parent_pc >= 0 && f.entry.checked_add(parent_pc as u64).is_some() =>
+                {
                     out.push(SourceFrame {
                         function,
                         file,
