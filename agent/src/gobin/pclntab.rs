@@ -164,8 +164,12 @@ impl<T: AsRef<[u8]>> Pclntab<T> {
         // The header's text start is untrusted: checked, like every offset.
         let p = self.functab.checked_add(i.checked_mul(8)?)?;
         let entry = self.text_start.checked_add(self.u32_at(p)? as u64)?;
-        let record = self.functab.checked_add(self.u32_at(p.checked_add(4)?)? as usize)?;
-        let end = self.text_start.checked_add(self.u32_at(p.checked_add(8)?)? as u64)?;
+        let record = self
+            .functab
+            .checked_add(self.u32_at(p.checked_add(4)?)? as usize)?;
+        let end = self
+            .text_start
+            .checked_add(self.u32_at(p.checked_add(8)?)? as u64)?;
         Some(Func { entry, end, record })
     }
 
