@@ -10,7 +10,8 @@
 //!   output: the kernel counts), without and with creation stacks
 //! * gmon-agent with gmon's log lines and stacks (`--level INFO`)
 //! * a bpftrace one-liner with the same counts (if bpftrace is installed)
-//! * with BASELINE_AGENT=path, another agent build (before/after)
+//! * with BASELINE_AGENT=path, another agent build (before/after), with
+//!   gmon's lines and stacks and BASELINE_ARGS (default: AGENT_ARGS)
 //!
 //! Then: the per-site totals after EXACT goroutines (10M) in aggregate
 //! mode against the fixture's own count, and the cost ladder: the
@@ -381,6 +382,11 @@ fn main() {
     // BASELINE_AGENT=path: another gmon-agent build (e.g. before a change),
     // run interleaved with gmon's lines and stacks, for a before/after.
     let baseline_bin = std::env::var("BASELINE_AGENT").ok();
+    // Its flags: gmon's lines and stacks plus AGENT_ARGS, unless
+    // BASELINE_ARGS says otherwise (an older build may lack a flag).
+    let baseline_args = std::env::var("BASELINE_ARGS")
+        .map(|a| format!("--level INFO {a}"))
+        .unwrap_or_else(|_| modes[2].1.clone());
     let bin = GoBinary::analyse(&fixture("churn")).unwrap();
     let exe = env!("CARGO_BIN_EXE_gmon-agent");
     if std::env::var_os("LADDER_ONLY").is_some() {
@@ -426,7 +432,7 @@ fn main() {
             bpftrace.push(ns);
         }
         if let Some(b) = &baseline_bin {
-            baseline.add(&run_agent(b, &bin, &modes[2].1, n, rounds));
+            baseline.add(&run_agent(b, &bin, &baseline_args, n, rounds));
         }
     }
 
@@ -455,7 +461,10 @@ fn main() {
     }
     let bl = baseline_bin.as_ref().map(|_| us(&mut baseline.ns));
     if let (Some(b), Some(bl)) = (&baseline_bin, bl) {
-        println!("  baseline agent, gmon lines + stacks      {bl:8.2}  ({b})");
+        println!(
+            "  baseline agent, gmon lines + stacks      {bl:8.2}  ({b} {})",
+            baseline_args.trim()
+        );
     }
     println!(
         "ratios (targets: aggregate <= 0.10 x old floor and <= 1.3 x new floor; gmon lines + stacks <= 0.15 x old floor)"

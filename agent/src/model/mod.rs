@@ -1,6 +1,10 @@
 //! Aggregates: the table of live goroutines keyed by (pid, goid), and the
 //! creation sites they share. Kernel events go in; created/exited goroutines
 //! with symbolized sites come out to a `Sink`.
+//!
+//! Over 400 lines on purpose: the tracker's creation, exit, attach-walk
+//! settling and sweep paths all update the same live table and site cache,
+//! and their invariants (each goroutine counted once) read best together.
 
 pub mod aggregate;
 mod labels;

@@ -6,6 +6,10 @@
 //! [`Target`]: node mode admits what its selection and the pod index admit;
 //! standalone mode (`--path`) admits exactly one binary, attached up front
 //! and kept attached when its processes come and go.
+//!
+//! Over 400 lines on purpose: the event loop and housekeeping share the
+//! pipeline's state (binaries, processes, sinks); process discovery, the
+//! attach walk, aggregate mode and pod metadata live in the submodules.
 
 mod aggregate;
 mod attachwalk;
