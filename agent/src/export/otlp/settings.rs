@@ -775,6 +775,31 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_from_the_flags_or_the_variables() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/env/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", "/env/metrics-client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/env/client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/env/client.key"),
+        ];
+        let s = resolve(&OtlpFlags::default(), &OtlpFile::default(), &env).unwrap();
+        assert_eq!(s.certificate, Some(PathBuf::from("/env/ca.pem")));
+        // The metrics' own variable wins over the generic one.
+        assert_eq!(
+            s.client_certificate,
+            Some(PathBuf::from("/env/metrics-client.pem"))
+        );
+        assert_eq!(s.client_key, Some(PathBuf::from("/env/client.key")));
+        let flags = OtlpFlags {
+            otlp_certificate: Some(PathBuf::from("/flag/ca.pem")),
+            ..Default::default()
+        };
+        let s = resolve(&flags, &OtlpFile::default(), &env).unwrap();
+        assert_eq!(s.certificate, Some(PathBuf::from("/flag/ca.pem")));
+    }
+
+    #[test]
     fn compression_temporality_timeout_and_logs_protocol_per_signal() {
         let file = OtlpFile::default();
         let flags = OtlpFlags {
