@@ -82,7 +82,7 @@ impl Pipeline {
                 return;
             }
         };
-        result("ok");
+        result(if stats.starting { "starting" } else { "ok" });
         tracing::debug!(
             pid,
             entries = stats.entries,

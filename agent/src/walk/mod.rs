@@ -71,6 +71,9 @@ pub struct Stats {
     pub live: u64,
     /// Entries whose g could not be read (freed under us; counted).
     pub unreadable: u64,
+    /// The process was still creating its main goroutine: nothing to read
+    /// (the probes see that creation and every later one).
+    pub starting: bool,
     pub took: Duration,
 }
 
@@ -100,6 +103,7 @@ pub fn walk(pid: u32, bias: u64, w: &Walk, mut each: impl FnMut(&[LiveG])) -> Re
     };
     let mut stats = Stats {
         entries: len,
+        starting: len == 0,
         ..Stats::default()
     };
     let mut ptrs = vec![0u64; BATCH];
@@ -120,6 +124,13 @@ pub fn walk(pid: u32, bias: u64, w: &Walk, mut each: impl FnMut(&[LiveG])) -> Re
             let status = (at(g, l.atomicstatus) as u32) & !G_SCAN;
             let goid = at(g, l.probes.goid);
             if done == 0 && i == 0 && goid != 1 {
+                // A process caught in the runtime's start-up: its main g is
+                // allocated (idle or dead) but has no goid yet. Only that
+                // exact shape is accepted; anything else is a misread.
+                if goid == 0 && len == 1 && (status == G_IDLE || status == G_DEAD) {
+                    stats.starting = true;
+                    break;
+                }
                 return Err(Error::NotMain { pid, goid });
             }
             // Dead (free list) or never started; and the g of a cgo extra
@@ -241,5 +252,80 @@ impl Mem {
             from += whole + 1;
         }
         Ok(ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gobin::{GLayout, allgs::AllGs};
+    use agent_common::GOffsets;
+
+    const STATUS: usize = 18; // word index of atomicstatus (offset 144)
+    const GOID: usize = 19;
+    const GOPC: usize = 21;
+
+    /// A g of this test's own memory: goid, status and creator set.
+    fn g(goid: u64, status: u64, gopc: u64) -> Box<[u64; 32]> {
+        let mut g = Box::new([0u64; 32]);
+        (g[GOID], g[STATUS], g[GOPC]) = (goid, status, gopc);
+        g
+    }
+
+    /// Walks allgs = `gs` in this very process (process_vm_readv on
+    /// oneself needs no privilege).
+    fn walk_own(gs: &[&[u64; 32]]) -> Result<(Stats, Vec<LiveG>), Error> {
+        let ptrs: Vec<u64> = gs.iter().map(|g| g.as_ptr() as u64).collect();
+        let (len, ptr) = (gs.len() as u64, ptrs.as_ptr() as u64);
+        let w = Walk {
+            allgs: AllGs {
+                allglen: &len as *const u64 as u64,
+                allgptr: &ptr as *const u64 as u64,
+            },
+            layout: GLayout {
+                probes: GOffsets::new(GOID as u64 * 8, 160, GOPC as u64 * 8, 176).unwrap(),
+                atomicstatus: STATUS as u64 * 8,
+                waitsince: 184,
+            },
+        };
+        let mut live = Vec::new();
+        walk(std::process::id(), 0, &w, |b| live.extend_from_slice(b)).map(|s| (s, live))
+    }
+
+    #[test]
+    fn a_process_still_creating_its_main_goroutine_has_nothing_to_read() {
+        let (s, live) = walk_own(&[&g(0, G_DEAD as u64, 0)]).unwrap();
+        assert!(s.starting && live.is_empty(), "{s:?}");
+        let (s, live) = walk_own(&[]).unwrap();
+        assert!(s.starting && live.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn a_first_goroutine_that_is_not_main_is_a_misread_layout() {
+        // Running without a goid, or a second g next to it: not start-up.
+        for gs in [
+            vec![g(0, 2, 0x1000)],
+            vec![g(0, G_DEAD as u64, 0), g(0, G_DEAD as u64, 0)],
+            vec![g(7, 2, 0x1000)],
+        ] {
+            let refs: Vec<&[u64; 32]> = gs.iter().map(|b| &**b).collect();
+            let e = walk_own(&refs).unwrap_err();
+            assert_eq!(e.reason(), "layout", "{e}");
+        }
+    }
+
+    #[test]
+    fn live_goroutines_are_read_and_dead_ones_skipped() {
+        let (main, dead, parked) = (
+            g(1, 2, 0x1000),
+            g(9, G_DEAD as u64, 0x2000),
+            g(5, 4, 0x3000),
+        );
+        let (s, live) = walk_own(&[&main, &dead, &parked]).unwrap();
+        assert!(!s.starting);
+        assert_eq!(
+            live.iter().map(|g| (g.goid, g.gopc)).collect::<Vec<_>>(),
+            [(1, 0x1000), (5, 0x3000)]
+        );
     }
 }

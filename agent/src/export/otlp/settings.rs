@@ -779,7 +779,10 @@ mod tests {
         let env = [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318"),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/env/ca.pem"),
-            ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", "/env/metrics-client.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+                "/env/metrics-client.pem",
+            ),
             ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/env/client.pem"),
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/env/client.key"),
         ];
