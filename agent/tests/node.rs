@@ -201,13 +201,14 @@ fn churn(level: &str, created: &str) {
     .unwrap_or_else(|| agent.fds());
     // jemalloc returns freed pages after its 1 s decay (main.rs): allow it
     // a few decay periods before reading RSS.
+    let rss_bound = rss0 + 8 * 1024;
     let rss1 = wait_for(Duration::from_secs(5), || {
-        Some(agent.rss_kib()).filter(|&r| r < rss0 + 8 * 1024)
+        Some(agent.rss_kib()).filter(|&r| r < rss_bound)
     })
     .unwrap_or_else(|| agent.rss_kib());
     eprintln!("after 200 processes: fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} KiB");
     assert!(fds1 <= fds0, "file descriptors leaked: {fds0} -> {fds1}");
-    assert!(rss1 < rss0 + 8 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+    assert!(rss1 < rss_bound, "RSS grew from {rss0} to {rss1} KiB");
 }
 
 #[test]
