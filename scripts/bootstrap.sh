@@ -44,10 +44,11 @@ PKGS=(golang-1.23-go "llvm-${LLVM_VER}-dev" "libpolly-${LLVM_VER}-dev" libzstd-d
 # container tests and the agent image); containerd, runc, iptables (the
 # one-node cluster); bpftool (what the agent leaves loaded); bpftrace (the
 # overhead benchmark's peer); binutils
-# (readelf, strip). helm comes from an npm package (the machine's npm).
+# (readelf, strip, objcopy); python3-venv (chart-check's kubernetes-validate
+# virtualenvs). helm comes from an npm package (the machine's npm).
 # golang-1.19-go: a Go release the agent must refuse.
 [ -n "$tests" ] && PKGS+=(docker.io containerd runc openssl iptables bpftool bpftrace
-                          binutils golang-1.19-go)
+                          binutils python3-venv golang-1.19-go)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
