@@ -31,11 +31,11 @@
 #![feature(core_intrinsics)]
 
 use agent_common::{
-    EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, LIFETIME_BUCKETS, LIVE_ENTRIES,
-    LifetimeBounds, LiveGoroutine, LiveKey, MAX_BINARIES, MAX_SITES, MAX_STACK_DEPTH, NO_STACK,
-    OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
-    RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES, SiteKey, SiteLifetimes,
-    SiteTotals, UserStack, counter,
+    EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, LIFETIME_BUCKETS, LIVE_SETS,
+    LIVE_SPILL_ENTRIES, LIVE_WAYS, LifetimeBounds, LiveGoroutine, LiveKey, LiveSet, MAX_BINARIES,
+    MAX_SITES, MAX_STACK_DEPTH, NO_STACK, OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES,
+    ProcEvent, RINGBUF_BYTES, RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES,
+    SiteKey, SiteLifetimes, SiteTotals, UserStack, counter, live_set,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -137,11 +137,20 @@ static SITE_LIFETIMES: Array<SiteLifetimes> = Array::with_max_entries(MAX_SITES,
 #[map]
 static FREE_SITES: Stack<u32> = Stack::with_max_entries(MAX_SITES, 0);
 
-/// Aggregate mode: the live goroutines and when they were created.
-/// Preallocated: allocating per insert and freeing per delete (through
-/// RCU) cost 560 and 400 ns a goroutine here; the free list costs a tenth.
+/// Aggregate mode: the live goroutines and when they were created, in
+/// sets of `LIVE_WAYS` slots chosen by `live_set`. A lookup in an array is
+/// inlined by the verifier and a claim is one compare-and-swap, where the
+/// preallocated hash map's insert and delete cost 300 and 250 ns a
+/// goroutine here. Mapped so user space can free the slots of exited
+/// processes with the same atomics.
 #[map]
-static LIVE: HashMap<LiveKey, LiveGoroutine> = HashMap::with_max_entries(LIVE_ENTRIES, 0);
+static LIVE: Array<LiveSet> = Array::with_max_entries(LIVE_SETS, BPF_F_MMAPABLE);
+
+/// Aggregate mode: live goroutines whose set was full, and those user
+/// space found alive at attach. Allocated on use: rarely used.
+#[map]
+static LIVE_SPILL: HashMap<LiveKey, LiveGoroutine> =
+    HashMap::with_max_entries(LIVE_SPILL_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Aggregate mode: the lifetime buckets' upper bounds (one entry).
 #[map]
@@ -330,20 +339,85 @@ fn count_create(key: &SiteKey, goid: u64) {
     if stop_after(5) {
         return;
     }
+    enter_live(key.pid, goid, slot, unsafe { bpf_ktime_get_ns() });
+    count(counter::CREATE_COUNTED);
+}
+
+/// Compare-and-swap of the u64 at `p` from `old` to `new`; true if done.
+#[inline(always)]
+fn claim_u64(p: *mut u64, old: u64, new: u64) -> bool {
+    // SAFETY: `p` points into a map value, 8-aligned.
+    unsafe {
+        core::intrinsics::atomic_cxchg::<
+            u64,
+            { core::intrinsics::AtomicOrdering::SeqCst },
+            { core::intrinsics::AtomicOrdering::SeqCst },
+        >(p, old, new)
+        .1
+    }
+}
+
+/// Enters a created goroutine in its set of the live array, or in the
+/// spill table when every slot of the set is taken.
+#[inline(always)]
+fn enter_live(pid: u32, goid: u64, site: u32, created_ns: u64) {
+    if let Some(set) = LIVE.get_ptr_mut(live_set(pid, goid)) {
+        for w in 0..LIVE_WAYS {
+            // SAFETY: a slot of the set; other CPUs claim slots only with
+            // the compare-and-swap, and write only the slots they claimed.
+            unsafe {
+                let s = &raw mut (*set).slots[w];
+                if core::ptr::read_volatile(&raw const (*s).goid) == 0
+                    && claim_u64(&raw mut (*s).goid, 0, goid)
+                {
+                    core::ptr::write_volatile(&raw mut (*s).pid, pid);
+                    core::ptr::write_volatile(&raw mut (*s).site, site);
+                    core::ptr::write_volatile(&raw mut (*s).created_ns, created_ns);
+                    return;
+                }
+            }
+        }
+    }
+    count(counter::LIVE_SPILLED);
     let live = LiveGoroutine {
-        created_ns: unsafe { bpf_ktime_get_ns() },
-        site: slot,
+        created_ns,
+        site,
         _pad: 0,
     };
-    let lk = LiveKey {
-        pid: key.pid,
-        _pad: 0,
-        goid,
-    };
-    if LIVE.insert(lk, live, BPF_ANY as u64).is_err() {
+    let lk = LiveKey { pid, _pad: 0, goid };
+    if LIVE_SPILL.insert(lk, live, BPF_ANY as u64).is_err() {
         count(counter::LIVE_FULL);
     }
-    count(counter::CREATE_COUNTED);
+}
+
+/// Takes an exiting goroutine out of the live array (or the spill
+/// table); its creation time and site, `None` if it was in neither.
+#[inline(always)]
+fn leave_live(pid: u32, goid: u64) -> Option<(u64, u32)> {
+    if let Some(set) = LIVE.get_ptr_mut(live_set(pid, goid)) {
+        for w in 0..LIVE_WAYS {
+            // SAFETY: as in `enter_live`; a slot matching both goid and pid
+            // is this goroutine's, written in full before it could run.
+            unsafe {
+                let s = &raw mut (*set).slots[w];
+                if core::ptr::read_volatile(&raw const (*s).goid) == goid
+                    && core::ptr::read_volatile(&raw const (*s).pid) == pid
+                {
+                    let found = ((*s).created_ns, (*s).site);
+                    core::ptr::write_volatile(&raw mut (*s).pid, 0);
+                    core::ptr::write_volatile(&raw mut (*s).goid, 0);
+                    return Some(found);
+                }
+            }
+        }
+    }
+    let lk = LiveKey { pid, _pad: 0, goid };
+    let live = LIVE_SPILL.get_ptr(&lk)?;
+    let LiveGoroutine {
+        created_ns, site, ..
+    } = unsafe { *live };
+    let _ = LIVE_SPILL.remove(&lk);
+    Some((created_ns, site))
 }
 
 /// The slot of `key`'s site, taking a free one for a new site; the
@@ -384,24 +458,16 @@ fn site_slot(key: &SiteKey) -> u32 {
 /// counts one more exit and its lifetime in the bucket it falls in.
 #[inline(always)]
 fn count_exit(pid: u32, goid: u64) {
-    let lk = LiveKey { pid, _pad: 0, goid };
-    let Some(live) = LIVE.get_ptr(&lk) else {
+    let Some((created_ns, site)) = leave_live(pid, goid) else {
         count(counter::EXIT_UNTRACKED);
         return;
     };
     if exit_stop_after(3) {
         return;
     }
-    let LiveGoroutine {
-        created_ns, site, ..
-    } = unsafe { *live };
-    let _ = LIVE.remove(&lk);
-    if exit_stop_after(4) {
-        return;
-    }
     let life = unsafe { bpf_ktime_get_ns() }.saturating_sub(created_ns);
     let b = bucket(life);
-    if exit_stop_after(5) {
+    if exit_stop_after(4) {
         return;
     }
     // Lifetime first: user space reads the buckets once it sees exits grow.

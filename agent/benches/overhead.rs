@@ -329,13 +329,12 @@ fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
         "+ bpf_get_current_pid_tgid",
         "+ site slot (SITE_IDS hash lookup)",
         "+ created += 1 (atomic add, SITE_TOTALS)",
-        "+ bpf_ktime_get_ns + LIVE insert + counter (all)",
+        "+ bpf_ktime_get_ns + live array slot (compare-and-swap) + counter (all)",
     ];
     let exit = [
         "binary's offsets (attach cookie)",
         "+ read goid (bpf_probe_read_user)",
-        "+ bpf_get_current_pid_tgid + LIVE lookup",
-        "+ LIVE delete",
+        "+ bpf_get_current_pid_tgid + live array: find and free the slot",
         "+ bpf_ktime_get_ns + bucket (binary search, 6 steps)",
         "+ exited, bucket count and sum += (3 atomic adds) + counter (all)",
     ];

@@ -162,6 +162,18 @@ fn churn(level: &str, created: &str) {
         idle.then_some(())
     });
     assert!(settled.is_some(), "state left after churn");
+    if level != "INFO" {
+        // The kernel's live table lost the goroutines of every process
+        // gone (read at housekeeping, once a second).
+        let emptied = wait_for(Duration::from_secs(5), || {
+            (agent.metric("gmon_agent_live_table_entries") == 0.0).then_some(())
+        });
+        assert!(
+            emptied.is_some(),
+            "kernel live table holds {} entries after churn",
+            agent.metric("gmon_agent_live_table_entries")
+        );
+    }
     // Every goroutine of every process was seen (their series went with
     // their processes), none dropped for want of a process. The runtime's
     // own goroutines (GC workers and the like) die with each process.

@@ -119,14 +119,17 @@ impl Aggregates {
 impl Aggregates {
     /// Every admitted site with its live goroutines (as last read) and the
     /// creation time of its oldest, from one batched walk of the kernel's
-    /// live table.
-    pub(super) fn live_sites(&self, out: &mut Vec<SiteLive>) {
+    /// live table. Returns how many entries the table held, `None` if it
+    /// could not be read.
+    pub(super) fn live_sites(&self, out: &mut Vec<SiteLive>) -> Option<u64> {
         let mut oldest: HashMap<u32, u64> = HashMap::default();
+        let mut entries = 0;
         let scanned = self.kernel.scan_live(|_, g| {
+            entries += 1;
             let e = oldest.entry(g.site).or_insert(u64::MAX);
             *e = (*e).min(g.created_ns);
         });
-        if let Err(e) = scanned {
+        if let Err(e) = &scanned {
             tracing::debug!(error = %e, "live table not read: oldest ages not updated");
         }
         let slots = self
@@ -145,6 +148,7 @@ impl Aggregates {
                 oldest_ns: oldest.get(&slot).copied().filter(|_| live > 0),
             });
         }
+        scanned.ok().map(|()| entries)
     }
 }
 

@@ -454,7 +454,11 @@ impl Pipeline {
                     b.tracker.live_sites(&mut sites);
                 }
             }
-            Some(a) => a.live_sites(&mut sites),
+            Some(a) => {
+                if let Some(n) = a.live_sites(&mut sites) {
+                    self.metrics.live_table_entries.set(n as i64);
+                }
+            }
         }
         let now = procs::monotonic_ns();
         self.sinks.live(&sites, now);

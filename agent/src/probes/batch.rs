@@ -1,4 +1,4 @@
-//! BPF_MAP_LOOKUP_BATCH (Linux 5.6), which aya does not wrap: a hash map
+//! BPF_MAP_LOOKUP_BATCH (Linux 5.6), which aya does not wrap: a hash or array map
 //! read a few thousand entries per syscall instead of two syscalls per
 //! entry (get-next-key, then lookup).
 
@@ -20,7 +20,7 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Calls `f` with every entry of the hash map `fd`, `chunk` at a time.
+/// Calls `f` with every entry of the hash or array map `fd`, `chunk` at a time.
 pub fn lookup<K: Copy + Default, V: Copy + Default>(
     fd: RawFd,
     chunk: usize,

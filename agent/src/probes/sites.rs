@@ -1,5 +1,7 @@
 //! Aggregate mode's kernel maps: creation sites by slot, their counts and
-//! lifetime buckets, the free-slot stack and the live-goroutine table. The
+//! lifetime buckets, the free-slot stack and the live goroutines (an array
+//! of sets, with a spill table for full sets and for goroutines found
+//! alive at attach). The
 //! two small arrays user space scans every export (keys, counts) are mapped
 //! into memory (BPF_F_MMAPABLE), so an idle export costs no syscall; the
 //! buckets are read with one syscall per site whose exits grew (mapped,
@@ -7,8 +9,8 @@
 
 use super::Error;
 use agent_common::{
-    LifetimeBounds, LiveGoroutine, LiveKey, MAX_SITES, OVERFLOW_SITE, SiteKey, SiteLifetimes,
-    SiteTotals,
+    LIVE_SETS, LifetimeBounds, LiveGoroutine, LiveKey, LiveSet, MAX_SITES, OVERFLOW_SITE, SiteKey,
+    SiteLifetimes, SiteTotals, live_set,
 };
 use aya::maps::{Array, HashMap, MapData, Stack};
 use std::{
@@ -35,26 +37,10 @@ unsafe impl<T> Send for Mapped<T> {}
 impl<T: Copy> Mapped<T> {
     fn new(name: &'static str, map: MapData, len: usize) -> Result<Self, Error> {
         let bytes = (len * std::mem::size_of::<T>()).next_multiple_of(4096);
-        // SAFETY: mapping a BPF array fd created with BPF_F_MMAPABLE; the
-        // kernel validates size and protection.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(Error::Map(
-                name,
-                std::io::Error::last_os_error().to_string(),
-            ));
-        }
+        let ptr = map_shared(map.fd().as_fd().as_raw_fd(), bytes)
+            .map_err(|e| Error::Map(name, e.to_string()))?;
         Ok(Mapped {
-            ptr: NonNull::new(p.cast()).expect("mmap returned non-null"),
+            ptr: ptr.cast(),
             len,
             bytes,
             _map: map,
@@ -95,6 +81,27 @@ impl<T> Drop for Mapped<T> {
     }
 }
 
+/// Maps `bytes` of the BPF array `fd` (created with BPF_F_MMAPABLE)
+/// read-write and shared with the kernel.
+fn map_shared(fd: i32, bytes: usize) -> std::io::Result<NonNull<u8>> {
+    // SAFETY: a new shared mapping of a BPF array fd; the kernel validates
+    // size and protection.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(NonNull::new(p.cast()).expect("mmap returned non-null"))
+}
+
 /// What `KernelSites::insert_live` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inserted {
@@ -112,7 +119,10 @@ pub struct KernelSites {
     totals: Mapped<SiteTotals>,
     lifetimes: Array<MapData, SiteLifetimes>,
     free: Stack<MapData, u32>,
-    live: HashMap<MapData, LiveKey, LiveGoroutine>,
+    /// Read with batched syscalls; mapped only while freeing the slots of
+    /// exited processes, so its pages do not stay in the agent's RSS.
+    live: Array<MapData, LiveSet>,
+    spill: HashMap<MapData, LiveKey, LiveGoroutine>,
     bounds: Vec<u64>,
 }
 
@@ -157,8 +167,10 @@ impl KernelSites {
             lifetimes: Array::try_from(take(ebpf, "SITE_LIFETIMES")?)
                 .map_err(|e| Error::Map("SITE_LIFETIMES", e.to_string()))?,
             free,
-            live: HashMap::try_from(take(ebpf, "LIVE")?)
+            live: Array::try_from(take(ebpf, "LIVE")?)
                 .map_err(|e| Error::Map("LIVE", e.to_string()))?,
+            spill: HashMap::try_from(take(ebpf, "LIVE_SPILL")?)
+                .map_err(|e| Error::Map("LIVE_SPILL", e.to_string()))?,
             bounds: bounds.ns[..bounds.len as usize].to_vec(),
         })
     }
@@ -205,28 +217,111 @@ impl KernelSites {
     }
 
     /// Removes the live goroutines of the processes in `pids` (they
-    /// exited); returns how many there were. One batched walk of the table
-    /// for all of them, then a syscall per entry removed.
+    /// exited); returns how many there were. One batched read of each
+    /// table for all of them; the array's slots are freed through a
+    /// short-lived mapping with the kernel's protocol, the spill table's
+    /// entries with a syscall each.
     pub fn forget_live(&mut self, pids: &[u32]) -> u64 {
+        let mut slots: Vec<(u32, usize, u64)> = Vec::new();
+        let _ = self.scan_sets(|set, s| {
+            for (w, slot) in s.slots.iter().enumerate() {
+                if slot.goid != 0 && pids.contains(&slot.pid) {
+                    slots.push((set, w, slot.goid));
+                }
+            }
+        });
+        let mut n = self.free_live_slots(&slots);
         let mut gone: Vec<LiveKey> = Vec::new();
-        let _ = self.scan_live(|k, _| {
+        let _ = self.scan_spill(|k, _| {
             if pids.contains(&k.pid) {
                 gone.push(*k);
             }
         });
         for k in &gone {
-            let _ = self.live.remove(k);
+            if self.spill.remove(k).is_ok() {
+                n += 1;
+            }
         }
-        gone.len() as u64
+        n
     }
 
-    /// Calls `f` with every live goroutine in the kernel's table, read in
-    /// batches of 4096 (BPF_MAP_LOOKUP_BATCH: a syscall per batch, not per
-    /// entry). Entries added or removed meanwhile may or may not be seen.
-    pub fn scan_live(&self, f: impl FnMut(&LiveKey, &LiveGoroutine)) -> std::io::Result<()> {
+    /// Frees array slots (set, way, goid) of exited processes; returns how
+    /// many were still theirs.
+    fn free_live_slots(&self, slots: &[(u32, usize, u64)]) -> u64 {
+        use aya::maps::IterableMap;
+        use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+        if slots.is_empty() {
+            return 0;
+        }
+        let bytes = (LIVE_SETS as usize * std::mem::size_of::<LiveSet>()).next_multiple_of(4096);
+        let fd = self.live.map().fd().as_fd().as_raw_fd();
+        let Ok(base) = map_shared(fd, bytes) else {
+            tracing::debug!("live array not mapped: exited processes' slots stay");
+            return 0;
+        };
+        let sets = base.cast::<LiveSet>().as_ptr();
+        let mut n = 0;
+        for &(set, w, goid) in slots {
+            // SAFETY: set < LIVE_SETS and w < LIVE_WAYS (read from the
+            // map), inside the mapping; the fields are aligned, and the
+            // kernel only touches them atomically or in its own slots.
+            unsafe {
+                let s = &raw mut (*sets.add(set as usize)).slots[w];
+                let g = &*(&raw mut (*s).goid).cast::<AtomicU64>();
+                let pid = &*(&raw mut (*s).pid).cast::<AtomicU32>();
+                // The process is gone: nothing else frees or claims this
+                // slot unless its pid and goid came back (pid reuse).
+                if g.load(SeqCst) == goid {
+                    pid.store(0, SeqCst);
+                    if g.compare_exchange(goid, 0, SeqCst, SeqCst).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        // SAFETY: the mapping made above, unmapped once.
+        unsafe { libc::munmap(base.as_ptr().cast(), bytes) };
+        n
+    }
+
+    /// Calls `f` with each set of the live array, read in batches of 512
+    /// sets (BPF_MAP_LOOKUP_BATCH).
+    fn scan_sets(&self, f: impl FnMut(u32, &LiveSet)) -> std::io::Result<()> {
         use aya::maps::IterableMap;
         let fd = self.live.map().fd().as_fd().as_raw_fd();
+        let mut f = f;
+        super::batch::lookup(fd, 512, |k: &u32, v: &LiveSet| f(*k, v))
+    }
+
+    fn scan_spill(&self, f: impl FnMut(&LiveKey, &LiveGoroutine)) -> std::io::Result<()> {
+        use aya::maps::IterableMap;
+        let fd = self.spill.map().fd().as_fd().as_raw_fd();
         super::batch::lookup(fd, 4096, f)
+    }
+
+    /// Calls `f` with every live goroutine the kernel holds (array, then
+    /// spill table), read in batches. Entries added or removed meanwhile
+    /// may or may not be seen.
+    pub fn scan_live(&self, mut f: impl FnMut(&LiveKey, &LiveGoroutine)) -> std::io::Result<()> {
+        self.scan_sets(|_, s| {
+            for slot in &s.slots {
+                // pid 0: free, or being claimed or freed.
+                if slot.goid != 0 && slot.pid != 0 {
+                    let key = LiveKey {
+                        pid: slot.pid,
+                        _pad: 0,
+                        goid: slot.goid,
+                    };
+                    let g = LiveGoroutine {
+                        created_ns: slot.created_ns,
+                        site: slot.site,
+                        _pad: 0,
+                    };
+                    f(&key, &g);
+                }
+            }
+        })?;
+        self.scan_spill(f)
     }
 
     /// The slot for goroutines of `key`'s site found alive at attach, taken
@@ -248,10 +343,19 @@ impl KernelSites {
         }
     }
 
-    /// Puts a goroutine found alive at attach in the live table, unless
-    /// the probes already did (they saw its creation).
+    /// Puts a goroutine found alive at attach in the spill table, unless
+    /// the probes already entered it (they saw its creation, which they
+    /// finish before the goroutine can be seen alive).
     pub fn insert_live(&mut self, key: LiveKey, g: LiveGoroutine) -> Inserted {
-        match self.live.insert(key, g, BPF_NOEXIST) {
+        if let Ok(set) = self.live.get(&live_set(key.pid, key.goid), 0)
+            && set
+                .slots
+                .iter()
+                .any(|s| s.goid == key.goid && s.pid == key.pid)
+        {
+            return Inserted::AlreadyThere;
+        }
+        match self.spill.insert(key, g, BPF_NOEXIST) {
             Ok(()) => Inserted::Yes,
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
@@ -262,15 +366,48 @@ impl KernelSites {
         }
     }
 
-    /// Takes a goroutine out of the live table; false if it was not there
-    /// (its exit took it).
+    /// Takes a goroutine `insert_live` put in out again; false if it was
+    /// not there (its exit took it).
     pub fn remove_live(&mut self, key: &LiveKey) -> bool {
-        self.live.remove(key).is_ok()
+        self.spill.remove(key).is_ok()
     }
 
     /// Adds `n` creations to a slot, as the kernel's atomic adds do.
     pub fn add_created(&mut self, slot: u32, n: u64) {
         self.totals
             .atomic_add(slot as usize, std::mem::offset_of!(SiteTotals, created), n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::{LIVE_SETS, LIVE_WAYS, live_set};
+
+    /// Fullest set after entering `goids` of each of `pids`.
+    fn fullest(pids: &[u32], goids: std::ops::Range<u64>) -> usize {
+        let mut load = vec![0usize; LIVE_SETS as usize];
+        for &pid in pids {
+            for goid in goids.clone() {
+                load[live_set(pid, goid) as usize] += 1;
+            }
+        }
+        load.into_iter().max().unwrap_or(0)
+    }
+
+    #[test]
+    fn sequential_goids_spread_over_the_sets_without_spilling() {
+        // Goids are handed out in order: one process with as many live
+        // goroutines as the array has slots fills every set exactly.
+        let slots = LIVE_SETS as u64 * LIVE_WAYS as u64;
+        assert_eq!(fullest(&[4242], 1..slots + 1), LIVE_WAYS);
+        // 50 processes of 1000 goroutines each (76 % of the slots), with
+        // pids spread or in a row: no set overflows.
+        for pids in [
+            (0..50).map(|i| 1000 + 37 * i).collect::<Vec<u32>>(),
+            (100..150).collect(),
+        ] {
+            let max = fullest(&pids, 1..1001);
+            assert!(max <= LIVE_WAYS, "fullest set holds {max}");
+        }
     }
 }

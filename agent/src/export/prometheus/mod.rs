@@ -55,12 +55,15 @@ pub struct Metrics {
     events_lost: IntCounterVec,
     stack_failures: IntCounterVec,
     untracked_exits: IntCounter,
+    live_spilled: IntCounter,
     duplicate_creates: IntCounter,
     unresolved_pcs: IntCounter,
     dropped_with_process: IntCounter,
     bias_failures: IntCounter,
     log_write_errors: IntCounter,
     pub goroutines_tracked: IntGauge,
+    /// Aggregate mode: entries in the kernel's live array and spill table.
+    pub live_table_entries: IntGauge,
     pub processes_tracked: IntGauge,
     pub uprobes_attached: IntGauge,
     /// 1 per probed binary, labelled with the class of its probe sites.
@@ -273,6 +276,11 @@ impl Metrics {
                 "gmon_agent_untracked_exits_total",
                 "Exits of goroutines created before the agent attached",
             )?,
+            live_spilled: counter(
+                &r,
+                "gmon_agent_live_spilled_total",
+                "Aggregate mode: goroutines the kernel kept in its spill table because their set of the live array was full (slower, still exact)",
+            )?,
             duplicate_creates: counter(
                 &r,
                 "gmon_agent_duplicate_creates_total",
@@ -302,6 +310,14 @@ impl Metrics {
                 &r,
                 "gmon_agent_goroutines_tracked",
                 "Goroutines currently tracked",
+            )?,
+            live_table_entries: gauge(
+                &r,
+                "gmon_agent_live_table_entries",
+                &format!(
+                    "Aggregate mode: goroutines in the kernel's live table as last read (array and spill table, {} at most)",
+                    agent_common::LIVE_ENTRIES
+                ),
             )?,
             processes_tracked: gauge(
                 &r,
@@ -471,6 +487,7 @@ impl Metrics {
             .inc_by(d[counter::LIVE_FULL as usize]);
         self.untracked_exits
             .inc_by(d[counter::EXIT_UNTRACKED as usize]);
+        self.live_spilled.inc_by(d[counter::LIVE_SPILLED as usize]);
     }
 
     /// Aggregate mode: goroutines still live in the kernel's table when
@@ -692,6 +709,7 @@ mod tests {
         let m = Metrics::new(false, None).unwrap();
         let mut d = [0u64; counter::COUNT as usize];
         d[counter::RINGBUF_FULL as usize] = 4;
+        d[counter::LIVE_SPILLED as usize] = 3;
         m.add_kernel(&d);
         let now = Stats {
             untracked_exits: 2,
@@ -703,6 +721,7 @@ mod tests {
             text.contains("gmon_agent_events_lost_total{reason=\"ringbuf_full\"} 4"),
             "{text}"
         );
+        assert!(text.contains("gmon_agent_live_spilled_total 3"), "{text}");
         assert!(
             text.contains("gmon_agent_untracked_exits_total 2"),
             "{text}"
