@@ -248,9 +248,10 @@ pub struct Bucket {
     pub sum_ns: u64,
 }
 
-/// A site's goroutine counts since its slot was taken, in `SITE_TOTALS`
-/// (mapped into user space, which reads it every export). The kernel only
-/// adds; user space zeroes a slot when it frees it.
+/// A site's goroutine counts since its slot was taken, from `SITE_TOTALS`
+/// (mapped into user space, which reads it every export; created at the
+/// slot's index, exited at `MAX_SITES` + it). The kernel only adds; user
+/// space zeroes both when it frees the slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SiteTotals {

@@ -116,7 +116,8 @@ pub enum Inserted {
 pub struct KernelSites {
     ids: HashMap<MapData, SiteKey, u32>,
     keys: Mapped<SiteKey>,
-    totals: Mapped<SiteTotals>,
+    /// Created per slot, then exited per slot.
+    totals: Mapped<u64>,
     lifetimes: Array<MapData, SiteLifetimes>,
     free: Stack<MapData, u32>,
     /// Read with batched syscalls; mapped only while freeing the slots of
@@ -162,7 +163,7 @@ impl KernelSites {
             totals: Mapped::new(
                 "SITE_TOTALS",
                 data("SITE_TOTALS", take(ebpf, "SITE_TOTALS")?)?,
-                MAX_SITES as usize,
+                2 * MAX_SITES as usize,
             )?,
             lifetimes: Array::try_from(take(ebpf, "SITE_LIFETIMES")?)
                 .map_err(|e| Error::Map("SITE_LIFETIMES", e.to_string()))?,
@@ -191,7 +192,10 @@ impl KernelSites {
 
     /// A slot's counts since it was taken.
     pub fn totals(&self, slot: u32) -> SiteTotals {
-        self.totals.get(slot as usize)
+        SiteTotals {
+            created: self.totals.get(slot as usize),
+            exited: self.totals.get((MAX_SITES + slot) as usize),
+        }
     }
 
     /// A slot's lifetime buckets (one syscall).
@@ -210,7 +214,8 @@ impl KernelSites {
         // slot (its process is gone anyway).
         let _ = self.ids.remove(&key);
         self.keys.set(slot as usize, SiteKey::default());
-        self.totals.set(slot as usize, SiteTotals::default());
+        self.totals.set(slot as usize, 0);
+        self.totals.set((MAX_SITES + slot) as usize, 0);
         let _ = self.lifetimes.set(slot, SiteLifetimes::default(), 0);
         // Cannot overflow: the stack holds every slot at most once.
         let _ = self.free.push(slot, 0);
@@ -374,8 +379,7 @@ impl KernelSites {
 
     /// Adds `n` creations to a slot, as the kernel's atomic adds do.
     pub fn add_created(&mut self, slot: u32, n: u64) {
-        self.totals
-            .atomic_add(slot as usize, std::mem::offset_of!(SiteTotals, created), n);
+        self.totals.atomic_add(slot as usize, 0, n);
     }
 }
 
