@@ -31,11 +31,12 @@
 #![feature(core_intrinsics)]
 
 use agent_common::{
-    EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, LIFETIME_BUCKETS, LIVE_SETS,
-    LIVE_SPILL_ENTRIES, LIVE_WAYS, LifetimeBounds, LiveGoroutine, LiveKey, LiveSet, MAX_BINARIES,
-    MAX_SITES, MAX_STACK_DEPTH, NO_STACK, OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES,
-    ProcEvent, RINGBUF_BYTES, RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES,
-    SiteKey, SiteLifetimes, UserStack, counter, live_set,
+    EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, LIFETIME_BUCKETS,
+    LIVE_BLOCK_SETS, LIVE_SETS, LIVE_SPILL_ENTRIES, LIVE_WAYS, LifetimeBounds, LiveBlock,
+    LiveGoroutine, LiveKey, LiveSet, MAX_BINARIES, MAX_SITES, MAX_STACK_DEPTH, NO_STACK,
+    OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
+    RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES, SiteKey, SiteLifetimes,
+    UserStack, counter, live_set,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -146,7 +147,8 @@ static FREE_SITES: Stack<u32> = Stack::with_max_entries(MAX_SITES, 0);
 /// goroutine here. Mapped so user space can free the slots of exited
 /// processes with the same atomics.
 #[map]
-static LIVE: Array<LiveSet> = Array::with_max_entries(LIVE_SETS, BPF_F_MMAPABLE);
+static LIVE: Array<LiveBlock> =
+    Array::with_max_entries(LIVE_SETS / LIVE_BLOCK_SETS, BPF_F_MMAPABLE);
 
 /// Aggregate mode: live goroutines whose set was full, and those user
 /// space found alive at attach. Allocated on use: rarely used.
@@ -359,11 +361,20 @@ fn claim_u64(p: *mut u64, old: u64, new: u64) -> bool {
     }
 }
 
+/// The set of the live array `(pid, goid)` belongs to.
+#[inline(always)]
+fn live_set_ptr(pid: u32, goid: u64) -> Option<*mut LiveSet> {
+    let set = live_set(pid, goid);
+    let block = LIVE.get_ptr_mut(set / LIVE_BLOCK_SETS)?;
+    // SAFETY: the index is below LIVE_BLOCK_SETS.
+    Some(unsafe { &raw mut (*block).sets[(set % LIVE_BLOCK_SETS) as usize] })
+}
+
 /// Enters a created goroutine in its set of the live array, or in the
 /// spill table when every slot of the set is taken.
 #[inline(always)]
 fn enter_live(pid: u32, goid: u64, site: u32, created_ns: u64) {
-    if let Some(set) = LIVE.get_ptr_mut(live_set(pid, goid)) {
+    if let Some(set) = live_set_ptr(pid, goid) {
         for w in 0..LIVE_WAYS {
             // SAFETY: a slot of the set; other CPUs claim slots only with
             // the compare-and-swap, and write only the slots they claimed.
@@ -396,7 +407,7 @@ fn enter_live(pid: u32, goid: u64, site: u32, created_ns: u64) {
 /// table); its creation time and site, `None` if it was in neither.
 #[inline(always)]
 fn leave_live(pid: u32, goid: u64) -> Option<(u64, u32)> {
-    if let Some(set) = LIVE.get_ptr_mut(live_set(pid, goid)) {
+    if let Some(set) = live_set_ptr(pid, goid) {
         for w in 0..LIVE_WAYS {
             // SAFETY: as in `enter_live`; a slot matching both goid and pid
             // is this goroutine's, written in full before it could run.

@@ -171,6 +171,73 @@ fn goroutines_alive_at_attach_are_counted_once_in_every_shape_and_both_modes() {
 }
 
 #[test]
+fn goroutines_beyond_the_live_array_spill_and_count_exactly() {
+    if !require_root("goroutines_beyond_the_live_array") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Probed from its start (--path), so the kernel sees every creation:
+    // more parked goroutines than the live array has slots, of one
+    // process, fill every set and the rest go to the spill table.
+    let slots = (agent_common::LIVE_SETS as usize * agent_common::LIVE_WAYS) as u64;
+    let parked = slots + 10_000;
+    let bin = fixture("spawner");
+    let port = free_port();
+    let mut a = agent(&bin, "WARN", port);
+    wait_for(Duration::from_secs(15), || {
+        (http_get(port, "/metrics").ok()?.1)
+            .contains("gmon_agent_uprobes_attached 2")
+            .then_some(())
+    })
+    .expect("agent attached");
+    let mut sp =
+        Proc::spawn(piped(&bin).args(["-rounds=1".to_owned(), format!("-before={parked}")]));
+    let mut lines = sp.stdout_lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("ready"));
+    let held = wait_for(Duration::from_secs(10), || {
+        let n = metric(port, "gmon_agent_live_table_entries");
+        (n >= parked as f64).then_some(n)
+    });
+    let spilled = metric(port, "gmon_agent_live_spilled_total");
+    assert!(
+        held.is_some() && spilled >= (parked - slots) as f64,
+        "live table {} entries, {spilled} spilled, for {parked} parked goroutines",
+        metric(port, "gmon_agent_live_table_entries")
+    );
+    assert_eq!(metric(port, "gmon_agent_events_lost_total"), 0.0);
+    let mut stdin = sp.stdin();
+    writeln!(stdin).unwrap();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("done")),
+        "spawner did not finish"
+    );
+    // Every exit found its goroutine, in the array or the spill table.
+    let settled = wait_for(Duration::from_secs(10), || {
+        let v = view(port, "")?;
+        let p = site(&v, "main.parkedWorker")?.clone();
+        (p.exited == parked).then_some(p)
+    })
+    .unwrap_or_else(|| panic!("parked exits not counted: {:?}", view(port, "")));
+    assert_eq!((settled.created, settled.live), (parked, 0));
+    assert_eq!(metric(port, "gmon_agent_untracked_exits_total"), 0.0);
+    assert_eq!(metric(port, "gmon_agent_events_lost_total"), 0.0);
+    let emptied = wait_for(Duration::from_secs(5), || {
+        let n = metric(port, "gmon_agent_live_table_entries");
+        (n < 100.0).then_some(n)
+    });
+    assert!(
+        emptied.is_some(),
+        "{} entries left in the live table",
+        metric(port, "gmon_agent_live_table_entries")
+    );
+    drop(stdin);
+    a.terminate(Duration::from_secs(10)).expect("agent exits");
+}
+
+#[test]
 fn a_leaking_site_only_grows_and_top_shows_it() {
     if !require_root("a_leaking_site_only_grows") {
         return;

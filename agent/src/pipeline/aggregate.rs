@@ -121,7 +121,7 @@ impl Aggregates {
     /// creation time of its oldest, from one batched walk of the kernel's
     /// live table. Returns how many entries the table held, `None` if it
     /// could not be read.
-    pub(super) fn live_sites(&self, out: &mut Vec<SiteLive>) -> Option<u64> {
+    pub(super) fn live_sites(&mut self, out: &mut Vec<SiteLive>) -> Option<u64> {
         let mut oldest: HashMap<u32, u64> = HashMap::default();
         let mut entries = 0;
         let scanned = self.kernel.scan_live(|_, g| {

@@ -352,7 +352,13 @@ impl Pipeline {
                 last_housekeeping = Instant::now();
                 let _span = tracing::trace_span!("housekeeping").entered();
                 self.housekeeping(&mut stacks);
-                self.metrics.add_kernel(&counters.deltas());
+                let d = counters.deltas();
+                if d[agent_common::counter::LIVE_SPILLED as usize] > 0
+                    && let Some(a) = &mut self.agg
+                {
+                    a.kernel.note_spilled();
+                }
+                self.metrics.add_kernel(&d);
             }
             if stopping {
                 break;
@@ -448,7 +454,7 @@ impl Pipeline {
     fn live_view(&mut self) {
         let mut sites = std::mem::take(&mut self.live_buf);
         sites.clear();
-        match &self.agg {
+        match &mut self.agg {
             None => {
                 for b in self.bins.values() {
                     b.tracker.live_sites(&mut sites);

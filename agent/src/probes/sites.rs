@@ -9,8 +9,8 @@
 
 use super::Error;
 use agent_common::{
-    LIVE_SETS, LifetimeBounds, LiveGoroutine, LiveKey, LiveSet, MAX_SITES, OVERFLOW_SITE, SiteKey,
-    SiteLifetimes, SiteTotals, live_set,
+    LIVE_BLOCK_SETS, LIVE_SETS, LifetimeBounds, LiveBlock, LiveGoroutine, LiveKey, LiveSet,
+    MAX_SITES, OVERFLOW_SITE, SiteKey, SiteLifetimes, SiteTotals, live_set,
 };
 use aya::maps::{Array, HashMap, MapData, Stack};
 use std::{
@@ -122,8 +122,12 @@ pub struct KernelSites {
     free: Stack<MapData, u32>,
     /// Read with batched syscalls; mapped only while freeing the slots of
     /// exited processes, so its pages do not stay in the agent's RSS.
-    live: Array<MapData, LiveSet>,
+    live: Array<MapData, LiveBlock>,
     spill: HashMap<MapData, LiveKey, LiveGoroutine>,
+    /// The spill table may hold entries: walking its 256K buckets, empty,
+    /// was a seventh of the idle agent's CPU time, so `scan_live` skips it
+    /// until the kernel spills (`note_spilled`) or user space inserts.
+    spill_used: bool,
     bounds: Vec<u64>,
 }
 
@@ -172,6 +176,7 @@ impl KernelSites {
                 .map_err(|e| Error::Map("LIVE", e.to_string()))?,
             spill: HashMap::try_from(take(ebpf, "LIVE_SPILL")?)
                 .map_err(|e| Error::Map("LIVE_SPILL", e.to_string()))?,
+            spill_used: false,
             bounds: bounds.ns[..bounds.len as usize].to_vec(),
         })
     }
@@ -289,13 +294,16 @@ impl KernelSites {
         n
     }
 
-    /// Calls `f` with each set of the live array, read in batches of 512
-    /// sets (BPF_MAP_LOOKUP_BATCH).
-    fn scan_sets(&self, f: impl FnMut(u32, &LiveSet)) -> std::io::Result<()> {
+    /// Calls `f` with each set of the live array, read in batches of 32
+    /// elements, 512 sets (BPF_MAP_LOOKUP_BATCH).
+    fn scan_sets(&self, mut f: impl FnMut(u32, &LiveSet)) -> std::io::Result<()> {
         use aya::maps::IterableMap;
         let fd = self.live.map().fd().as_fd().as_raw_fd();
-        let mut f = f;
-        super::batch::lookup(fd, 512, |k: &u32, v: &LiveSet| f(*k, v))
+        super::batch::lookup(fd, 32, |k: &u32, b: &LiveBlock| {
+            for (i, s) in b.sets.iter().enumerate() {
+                f(k * LIVE_BLOCK_SETS + i as u32, s);
+            }
+        })
     }
 
     fn scan_spill(&self, f: impl FnMut(&LiveKey, &LiveGoroutine)) -> std::io::Result<()> {
@@ -304,10 +312,19 @@ impl KernelSites {
         super::batch::lookup(fd, 4096, f)
     }
 
+    /// The kernel's spill counter grew: its table is read again.
+    pub fn note_spilled(&mut self) {
+        self.spill_used = true;
+    }
+
     /// Calls `f` with every live goroutine the kernel holds (array, then
     /// spill table), read in batches. Entries added or removed meanwhile
-    /// may or may not be seen.
-    pub fn scan_live(&self, mut f: impl FnMut(&LiveKey, &LiveGoroutine)) -> std::io::Result<()> {
+    /// may or may not be seen; one the kernel spills after this read is
+    /// seen once its counter's growth is noted.
+    pub fn scan_live(
+        &mut self,
+        mut f: impl FnMut(&LiveKey, &LiveGoroutine),
+    ) -> std::io::Result<()> {
         self.scan_sets(|_, s| {
             for slot in &s.slots {
                 // pid 0: free, or being claimed or freed.
@@ -326,7 +343,15 @@ impl KernelSites {
                 }
             }
         })?;
-        self.scan_spill(f)
+        if self.spill_used {
+            let mut n = 0;
+            self.scan_spill(|k, g| {
+                n += 1;
+                f(k, g)
+            })?;
+            self.spill_used = n > 0;
+        }
+        Ok(())
     }
 
     /// The slot for goroutines of `key`'s site found alive at attach, taken
@@ -352,8 +377,9 @@ impl KernelSites {
     /// the probes already entered it (they saw its creation, which they
     /// finish before the goroutine can be seen alive).
     pub fn insert_live(&mut self, key: LiveKey, g: LiveGoroutine) -> Inserted {
-        if let Ok(set) = self.live.get(&live_set(key.pid, key.goid), 0)
-            && set
+        let set = live_set(key.pid, key.goid);
+        if let Ok(block) = self.live.get(&(set / LIVE_BLOCK_SETS), 0)
+            && block.sets[(set % LIVE_BLOCK_SETS) as usize]
                 .slots
                 .iter()
                 .any(|s| s.goid == key.goid && s.pid == key.pid)
@@ -361,7 +387,10 @@ impl KernelSites {
             return Inserted::AlreadyThere;
         }
         match self.spill.insert(key, g, BPF_NOEXIST) {
-            Ok(()) => Inserted::Yes,
+            Ok(()) => {
+                self.spill_used = true;
+                Inserted::Yes
+            }
             Err(aya::maps::MapError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
             {
