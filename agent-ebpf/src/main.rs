@@ -174,6 +174,11 @@ pub struct Scratch {
     /// Stack memory from `window_base`.
     window: [u8; STACK_WINDOW],
     stack: UserStack,
+    /// The site this CPU counted last and its slot (0: none): programs
+    /// create goroutines in loops, and checking this against `SITE_KEYS`
+    /// costs less than hashing the key into `SITE_IDS`.
+    last_site: SiteKey,
+    last_slot: u32,
 }
 
 #[map]
@@ -300,7 +305,7 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
             startpc,
             stack,
         };
-        count_create(&key, goid);
+        count_create(&key, goid, sc);
         return;
     }
     let ev = GoroutineEvent {
@@ -332,8 +337,8 @@ fn add(p: *mut u64, v: u64) {
 /// Aggregate mode, creation: one more goroutine at `key`'s site, entered
 /// in the live table with its creation time.
 #[inline(always)]
-fn count_create(key: &SiteKey, goid: u64) {
-    let slot = site_slot(key);
+fn count_create(key: &SiteKey, goid: u64, sc: &mut Scratch) {
+    let slot = cached_site_slot(key, sc);
     if stop_after(4) {
         return;
     }
@@ -431,6 +436,24 @@ fn leave_live(pid: u32, goid: u64) -> Option<(u64, u32)> {
     } = unsafe { *live };
     let _ = LIVE_SPILL.remove(&lk);
     Some((created_ns, site))
+}
+
+/// `site_slot` through this CPU's last site: its slot still holds the same
+/// key unless user space freed it (the process is gone), so the check is
+/// as good as the lookup.
+#[inline(always)]
+fn cached_site_slot(key: &SiteKey, sc: &mut Scratch) -> u32 {
+    let last = sc.last_slot;
+    if last != OVERFLOW_SITE
+        && sc.last_site == *key
+        && SITE_KEYS.get(last).is_some_and(|k| *k == *key)
+    {
+        return last;
+    }
+    let slot = site_slot(key);
+    sc.last_site = *key;
+    sc.last_slot = slot;
+    slot
 }
 
 /// The slot of `key`'s site, taking a free one for a new site; the

@@ -327,7 +327,7 @@ fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
         "binary's offsets (attach cookie) + per-CPU scratch",
         "+ read runtime.g (goid, gopc, startpc: one bpf_probe_read_user)",
         "+ bpf_get_current_pid_tgid",
-        "+ site slot (SITE_IDS hash lookup)",
+        "+ site slot (the CPU's last site if SITE_KEYS still has it, else SITE_IDS)",
         "+ created += 1 (atomic add, SITE_TOTALS)",
         "+ bpf_ktime_get_ns + live array slot (compare-and-swap) + counter (all)",
     ];
