@@ -21,6 +21,7 @@
 //! Run: sudo cargo bench -p agent --bench overhead  (N, ROUNDS, REPS, EXACT;
 //! LADDER_ONLY=1 for just the cost ladder)
 
+use agent_common::MAX_STACK_DEPTH;
 use e2e::{Proc, SPAWNER_SHAPES, fixture, free_port, http_get, piped, wait_for};
 use gmon_agent::{
     export::prometheus::GMON_BUCKETS,
@@ -311,8 +312,8 @@ impl Totals {
 fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
     let bounds = lifetime_bounds(&[&GMON_BUCKETS]).unwrap();
     let per_hit = |(c, t): (f64, f64)| if c > 0.0 { t / c } else { f64::NAN };
-    let run = |stops: (u32, u32)| {
-        let (mut probes, _maps) = Probes::load_ladder(0, Some(&bounds), stops).unwrap();
+    let run_at = |depth: usize, stops: (u32, u32)| {
+        let (mut probes, _maps) = Probes::load_ladder(depth, Some(&bounds), stops).unwrap();
         let att = probes.attach(bin, None).unwrap();
         churn(n, rounds);
         let r = (
@@ -322,6 +323,7 @@ fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
         probes.detach(att);
         r
     };
+    let run = |stops: (u32, u32)| run_at(0, stops);
     println!("cost ladder, aggregate mode without stacks: in-kernel ns per hit after each step");
     let create = [
         "binary's offsets (attach cookie) + per-CPU scratch",
@@ -338,15 +340,27 @@ fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
         "+ bpf_ktime_get_ns + bucket (binary search, 6 steps)",
         "+ exited, bucket count and sum += (3 atomic adds) + counter (all)",
     ];
+    // The creation program's step numbers (agent-ebpf's CREATE_STOP_AFTER;
+    // 3 and 4 are inside the stack walk, off here).
+    let steps = [1, 2, 5, 6, 7, 0];
     let mut prev = 0.0;
     println!("  creation (newproc1 site)");
-    for (i, what) in create.iter().enumerate() {
-        let step = if i + 1 == create.len() {
-            0
-        } else {
-            i as u32 + 1
-        };
+    for (what, step) in create.iter().zip(steps) {
         let ns = run((step, 0)).0;
+        println!("    {what:66} {ns:6.0} ({:+.0})", ns - prev);
+        prev = ns;
+    }
+    println!("  creation with stacks (up to {MAX_STACK_DEPTH} frames)");
+    let stacked = [
+        ("up to the read of runtime.g, as above", 2),
+        ("+ first stack window (1 KiB bpf_probe_read_user)", 3),
+        ("+ frame walk (more windows where the chain leaves one)", 4),
+        ("+ STACKS lookup (insert if new)", 5),
+        ("+ the rest, as above (all)", 0),
+    ];
+    prev = 0.0;
+    for (what, step) in stacked {
+        let ns = run_at(MAX_STACK_DEPTH, (step, 0)).0;
         println!("    {what:66} {ns:6.0} ({:+.0})", ns - prev);
         prev = ns;
     }

@@ -195,12 +195,16 @@ impl Probes {
                     .ok_or_else(|| Error::Load(format!("program {} missing", $name)))?
                     .try_into()
                     .map_err(|e| Error::Load(format!("{e}")))?;
-                prog.load().map_err(|e| {
-                    if is_eperm(&e) {
-                        Error::Permission
-                    } else {
-                        Error::Load(format!("{}: {e}", $name))
+                prog.load().map_err(|e| match e {
+                    // EACCES from a program load is the verifier's refusal,
+                    // not a missing capability (that is EPERM).
+                    aya::programs::ProgramError::LoadError { io_error, verifier_log }
+                        if io_error.raw_os_error() == Some(libc::EACCES) =>
+                    {
+                        Error::Load(format!("{}: the verifier refused it: {verifier_log}", $name))
                     }
+                    e if is_eperm(&e) => Error::Permission,
+                    e => Error::Load(format!("{}: {e}", $name)),
                 })?;
             )+};
         }
