@@ -19,14 +19,7 @@ use crate::{
     probes::{self, Probes},
     serve::Servers,
 };
-use std::{
-    io::BufWriter,
-    num::NonZeroU32,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{io::BufWriter, num::NonZeroU32, sync::Arc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -147,7 +140,7 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
     let view = crate::export::view::SitesView::default();
     pipeline.serve_view(view.clone());
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(crate::pipeline::Stop::new()?);
     let worker = {
         let stop = stop.clone();
         std::thread::Builder::new()
@@ -161,7 +154,7 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
             })?
     };
     servers.run_until_signal(&rt, &metrics, view);
-    stop.store(true, Ordering::Relaxed);
+    stop.request();
     let _ = worker.join();
     tracing::info!("detached");
     Ok(())

@@ -15,6 +15,9 @@ mod aggregate;
 mod attachwalk;
 mod pods;
 mod procs;
+mod stop;
+
+pub use stop::Stop;
 
 pub use aggregate::bounds as lifetime_bounds;
 pub use pods::Kube;
@@ -36,10 +39,7 @@ use std::{
     io::BufWriter,
     num::NonZeroU32,
     os::fd::AsRawFd,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -268,7 +268,7 @@ impl Pipeline {
     }
 
     /// Runs until `stop`, then drains what is left and detaches everything.
-    pub fn run(&mut self, maps: Maps, stop: &AtomicBool) {
+    pub fn run(&mut self, maps: Maps, stop: &Stop) {
         let Maps {
             mut events,
             procs: mut proc_events,
@@ -310,9 +310,17 @@ impl Pipeline {
         self.refresh_gauges();
         let mut last_housekeeping = Instant::now();
         loop {
-            let stopping = stop.load(Ordering::Relaxed);
+            let stopping = stop.requested();
             if !stopping {
-                wait_either(events.fd(), proc_events.as_raw_fd(), DRAIN_INTERVAL);
+                // With per-goroutine events, the kernel wakes this loop only
+                // once a lot is pending: drain on a timer. Aggregate mode
+                // has none, so sleep until housekeeping (20 wakeups a second
+                // fewer) unless a process starts or exits, or a stop comes.
+                let timeout = match self.agg {
+                    Some(_) => HOUSEKEEPING_INTERVAL.saturating_sub(last_housekeeping.elapsed()),
+                    None => DRAIN_INTERVAL,
+                };
+                wait_any(&[events.fd(), proc_events.as_raw_fd(), stop.fd()], timeout);
             }
             // Order matters: execs first, so goroutine events find their
             // process; exits last, after the goroutine events that process
@@ -487,20 +495,22 @@ impl Pipeline {
     }
 }
 
-/// Waits until either ring buffer has data or `timeout` passes.
-fn wait_either(a: i32, b: i32, timeout: Duration) {
-    let mut fds = [
-        libc::pollfd {
-            fd: a,
+/// Waits until any of `fds` is readable or `timeout` passes.
+fn wait_any(fds: &[i32], timeout: Duration) {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
-        },
-        libc::pollfd {
-            fd: b,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: two valid pollfds; errors just end the wait early.
-    unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
+        })
+        .collect();
+    // SAFETY: valid pollfds; errors just end the wait early.
+    unsafe {
+        libc::poll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            timeout.as_millis() as libc::c_int,
+        )
+    };
 }
