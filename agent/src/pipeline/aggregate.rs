@@ -43,6 +43,11 @@ pub(super) struct Aggregates {
     /// Processes gone whose live goroutines are still in the kernel's
     /// table: removed together at housekeeping.
     dead: Vec<u32>,
+    /// `live_in_slots` at the last live view, and whether processes were
+    /// forgotten since: `live_sites` reads the table only when either says
+    /// it may have changed (copying it was a fifth of an idle agent's CPU).
+    last_live_in_slots: u64,
+    forgot: bool,
 }
 
 impl Aggregates {
@@ -57,6 +62,8 @@ impl Aggregates {
             stale: true,
             live: 0,
             dead: Vec::new(),
+            last_live_in_slots: u64::MAX,
+            forgot: false,
         }
     }
 
@@ -103,6 +110,7 @@ impl Aggregates {
         }
         let n = self.kernel.forget_live(&self.dead);
         self.dead.clear();
+        self.forgot = true;
         n
     }
 
@@ -120,15 +128,32 @@ impl Aggregates {
     /// Every admitted site with its live goroutines (as last read) and the
     /// creation time of its oldest, from one batched walk of the kernel's
     /// live table. Returns how many entries the table held, `None` if it
-    /// could not be read.
+    /// was not read: it could not be, or nothing can have changed it since
+    /// the last read found it empty of live goroutines (no slot has any, none
+    /// had at the last view, no process was forgotten since and user space
+    /// put nothing in the spill table).
     pub(super) fn live_sites(&mut self, out: &mut Vec<SiteLive>) -> Option<u64> {
         let mut oldest: HashMap<u32, u64> = HashMap::default();
         let mut entries = 0;
-        let scanned = self.kernel.scan_live(|_, g| {
-            entries += 1;
-            let e = oldest.entry(g.site).or_insert(u64::MAX);
-            *e = (*e).min(g.created_ns);
-        });
+        let in_slots = self.kernel.live_in_slots();
+        let unchanged = in_slots == 0
+            && self.last_live_in_slots == 0
+            && self.dead.is_empty()
+            && !self.forgot
+            && !self.kernel.spill_used();
+        self.last_live_in_slots = in_slots;
+        let scanned = if unchanged {
+            Ok(false)
+        } else {
+            self.forgot = false;
+            self.kernel
+                .scan_live(|_, g| {
+                    entries += 1;
+                    let e = oldest.entry(g.site).or_insert(u64::MAX);
+                    *e = (*e).min(g.created_ns);
+                })
+                .map(|()| true)
+        };
         if let Err(e) = &scanned {
             tracing::debug!(error = %e, "live table not read: oldest ages not updated");
         }
@@ -148,7 +173,7 @@ impl Aggregates {
                 oldest_ns: oldest.get(&slot).copied().filter(|_| live > 0),
             });
         }
-        scanned.ok().map(|()| entries)
+        scanned.ok().filter(|&read| read).map(|_| entries)
     }
 }
 

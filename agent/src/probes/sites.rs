@@ -195,6 +195,25 @@ impl KernelSites {
         })
     }
 
+    /// Goroutines created and not exited over every slot in use and the
+    /// overflow slot, from the mapped totals (no syscall): 0 means the live
+    /// table holds nothing but the goroutines of processes whose slots were
+    /// freed, and what user space put in the spill table.
+    pub fn live_in_slots(&self) -> u64 {
+        std::iter::once(OVERFLOW_SITE)
+            .chain(self.in_use().map(|(slot, _)| slot))
+            .map(|slot| {
+                let t = self.totals(slot);
+                t.created.saturating_sub(t.exited)
+            })
+            .sum()
+    }
+
+    /// The spill table may hold entries.
+    pub fn spill_used(&self) -> bool {
+        self.spill_used
+    }
+
     /// A slot's counts since it was taken.
     pub fn totals(&self, slot: u32) -> SiteTotals {
         SiteTotals {
