@@ -135,7 +135,10 @@ impl Aggregates {
     pub(super) fn live_sites(&mut self, out: &mut Vec<SiteLive>) -> Option<u64> {
         let mut oldest: HashMap<u32, u64> = HashMap::default();
         let mut entries = 0;
-        let in_slots = self.kernel.live_in_slots();
+        // The slots in use as this housekeeping's `collect` read them.
+        let in_slots = self
+            .kernel
+            .live_in_slots(self.scan.iter().map(|&(slot, _)| slot));
         let unchanged = in_slots == 0
             && self.last_live_in_slots == 0
             && self.dead.is_empty()
@@ -157,11 +160,13 @@ impl Aggregates {
         if let Err(e) = &scanned {
             tracing::debug!(error = %e, "live table not read: oldest ages not updated");
         }
+        // Through the processes' slot lists: walking all 4096 slots was
+        // most of an idle agent's own time in this loop.
         let slots = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| Some((i as u32, s.as_ref()?)))
+            .by_pid
+            .values()
+            .flatten()
+            .filter_map(|&slot| Some((slot, self.slots[slot as usize].as_ref()?)))
             .chain(std::iter::once((OVERFLOW_SITE, &self.overflow)));
         for (slot, s) in slots {
             let Some(site) = &s.site else { continue };

@@ -195,13 +195,13 @@ impl KernelSites {
         })
     }
 
-    /// Goroutines created and not exited over every slot in use and the
-    /// overflow slot, from the mapped totals (no syscall): 0 means the live
-    /// table holds nothing but the goroutines of processes whose slots were
-    /// freed, and what user space put in the spill table.
-    pub fn live_in_slots(&self) -> u64 {
+    /// Goroutines created and not exited over `in_use` (the slots in use)
+    /// and the overflow slot, from the mapped totals (no syscall): 0 means
+    /// the live table holds nothing but the goroutines of processes whose
+    /// slots were freed, and what user space put in the spill table.
+    pub fn live_in_slots(&self, in_use: impl Iterator<Item = u32>) -> u64 {
         std::iter::once(OVERFLOW_SITE)
-            .chain(self.in_use().map(|(slot, _)| slot))
+            .chain(in_use)
             .map(|slot| {
                 let t = self.totals(slot);
                 t.created.saturating_sub(t.exited)
