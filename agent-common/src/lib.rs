@@ -386,6 +386,14 @@ pub fn live_set(pid: u32, goid: u64) -> u32 {
     (goid.wrapping_add(offset) & (LIVE_SETS as u64 - 1)) as u32
 }
 
+/// Where `live_set(pid, goid)` sits in the `LIVE` map: the element
+/// (`LiveBlock`) and the set's index in it (below `LIVE_BLOCK_SETS`).
+#[inline(always)]
+pub fn live_place(pid: u32, goid: u64) -> (u32, usize) {
+    let set = live_set(pid, goid);
+    (set / LIVE_BLOCK_SETS, (set % LIVE_BLOCK_SETS) as usize)
+}
+
 /// Live goroutines the spill table holds: those whose set was full, and
 /// those user space found alive at attach. Allocated on use.
 pub const LIVE_SPILL_ENTRIES: u32 = 1 << 18;

@@ -36,7 +36,7 @@ use agent_common::{
     LiveGoroutine, LiveKey, LiveSet, MAX_BINARIES, MAX_SITES, MAX_STACK_DEPTH, NO_STACK,
     OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
     RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES, SiteKey, SiteLifetimes,
-    UserStack, counter, live_set,
+    UserStack, counter, live_place,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -176,10 +176,9 @@ pub struct Scratch {
     /// Stack memory from `window_base`.
     window: [u8; STACK_WINDOW],
     stack: UserStack,
-    /// The site this CPU counted last and its slot (0: none): programs
-    /// create goroutines in loops, and checking this against `SITE_KEYS`
-    /// costs less than hashing the key into `SITE_IDS`.
-    last_site: SiteKey,
+    /// The slot of the site this CPU counted last (0: none): programs
+    /// create goroutines in loops, and checking that slot's key in
+    /// `SITE_KEYS` costs less than hashing the key into `SITE_IDS`.
     last_slot: u32,
 }
 
@@ -371,10 +370,10 @@ fn claim_u64(p: *mut u64, old: u64, new: u64) -> bool {
 /// The set of the live array `(pid, goid)` belongs to.
 #[inline(always)]
 fn live_set_ptr(pid: u32, goid: u64) -> Option<*mut LiveSet> {
-    let set = live_set(pid, goid);
-    let block = LIVE.get_ptr_mut(set / LIVE_BLOCK_SETS)?;
-    // SAFETY: the index is below LIVE_BLOCK_SETS.
-    Some(unsafe { &raw mut (*block).sets[(set % LIVE_BLOCK_SETS) as usize] })
+    let (block, set) = live_place(pid, goid);
+    let block = LIVE.get_ptr_mut(block)?;
+    // SAFETY: `live_place` keeps the index below LIVE_BLOCK_SETS.
+    Some(unsafe { &raw mut (*block).sets[set] })
 }
 
 /// Enters a created goroutine in its set of the live array, or in the
@@ -446,14 +445,10 @@ fn leave_live(pid: u32, goid: u64) -> Option<(u64, u32)> {
 #[inline(always)]
 fn cached_site_slot(key: &SiteKey, sc: &mut Scratch) -> u32 {
     let last = sc.last_slot;
-    if last != OVERFLOW_SITE
-        && sc.last_site == *key
-        && SITE_KEYS.get(last).is_some_and(|k| *k == *key)
-    {
+    if last != OVERFLOW_SITE && SITE_KEYS.get(last).is_some_and(|k| *k == *key) {
         return last;
     }
     let slot = site_slot(key);
-    sc.last_site = *key;
     sc.last_slot = slot;
     slot
 }

@@ -134,7 +134,6 @@ impl Aggregates {
     /// put nothing in the spill table).
     pub(super) fn live_sites(&mut self, out: &mut Vec<SiteLive>) -> Option<u64> {
         let mut oldest: HashMap<u32, u64> = HashMap::default();
-        let mut entries = 0;
         // The slots in use as this housekeeping's `collect` read them.
         let in_slots = self
             .kernel
@@ -145,20 +144,20 @@ impl Aggregates {
             && !self.forgot
             && !self.kernel.spill_used();
         self.last_live_in_slots = in_slots;
-        let scanned = if unchanged {
-            Ok(false)
-        } else {
+        let mut entries = None;
+        if !unchanged {
             self.forgot = false;
-            self.kernel
-                .scan_live(|_, g| {
-                    entries += 1;
-                    let e = oldest.entry(g.site).or_insert(u64::MAX);
-                    *e = (*e).min(g.created_ns);
-                })
-                .map(|()| true)
-        };
-        if let Err(e) = &scanned {
-            tracing::debug!(error = %e, "live table not read: oldest ages not updated");
+            let mut n = 0;
+            match self.kernel.scan_live(|_, g| {
+                n += 1;
+                let e = oldest.entry(g.site).or_insert(u64::MAX);
+                *e = (*e).min(g.created_ns);
+            }) {
+                Ok(()) => entries = Some(n),
+                Err(e) => {
+                    tracing::debug!(error = %e, "live table not read: oldest ages not updated")
+                }
+            }
         }
         // Through the processes' slot lists: walking all 4096 slots was
         // most of an idle agent's own time in this loop.
@@ -178,7 +177,7 @@ impl Aggregates {
                 oldest_ns: oldest.get(&slot).copied().filter(|_| live > 0),
             });
         }
-        scanned.ok().filter(|&read| read).map(|_| entries)
+        entries
     }
 }
 

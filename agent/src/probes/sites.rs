@@ -10,7 +10,7 @@
 use super::Error;
 use agent_common::{
     LIVE_BLOCK_SETS, LIVE_SETS, LifetimeBounds, LiveBlock, LiveGoroutine, LiveKey, LiveSet,
-    MAX_SITES, OVERFLOW_SITE, SiteKey, SiteLifetimes, SiteTotals, live_set,
+    MAX_SITES, OVERFLOW_SITE, SiteKey, SiteLifetimes, SiteTotals, live_place,
 };
 use aya::maps::{Array, HashMap, MapData, Stack};
 use std::{
@@ -396,9 +396,9 @@ impl KernelSites {
     /// the probes already entered it (they saw its creation, which they
     /// finish before the goroutine can be seen alive).
     pub fn insert_live(&mut self, key: LiveKey, g: LiveGoroutine) -> Inserted {
-        let set = live_set(key.pid, key.goid);
-        if let Ok(block) = self.live.get(&(set / LIVE_BLOCK_SETS), 0)
-            && block.sets[(set % LIVE_BLOCK_SETS) as usize]
+        let (block, set) = live_place(key.pid, key.goid);
+        if let Ok(block) = self.live.get(&block, 0)
+            && block.sets[set]
                 .slots
                 .iter()
                 .any(|s| s.goid == key.goid && s.pid == key.pid)
