@@ -19,7 +19,7 @@
 //!
 //! Two modes, chosen at load time (`AGGREGATE`): with per-goroutine output
 //! asked for (gmon's log lines), every creation and exit goes to user space
-//! through the `EVENTS` ring buffer; without it, nothing per goroutine
+//! through the `EVENTS_*` ring buffers (one per CPU); without it, nothing per goroutine
 //! crosses: the programs count per creation site (`SITE_*`), keep the live
 //! goroutines with their creation time (`LIVE`) and bucket lifetimes at
 //! exit, and user space reads the totals when it exports.
@@ -31,7 +31,7 @@
 #![feature(core_intrinsics)]
 
 use agent_common::{
-    EVENT_CREATE, EVENT_EXIT, G_WINDOW, GOffsets, GoroutineEvent, LIFETIME_BUCKETS,
+    EVENT_CREATE, EVENT_EXIT, EVENT_RINGS, G_WINDOW, GOffsets, GoroutineEvent, LIFETIME_BUCKETS,
     LIVE_BLOCK_SETS, LIVE_SETS, LIVE_SPILL_ENTRIES, LIVE_WAYS, LifetimeBounds, LiveBlock,
     LiveGoroutine, LiveKey, LiveSet, MAX_BINARIES, MAX_SITES, MAX_STACK_DEPTH, NO_STACK,
     OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
@@ -100,8 +100,33 @@ const WAKEUP_CHECK_EVERY: u64 = 64;
 /// -EEXIST, as map updates with BPF_NOEXIST return it.
 const EEXIST: i32 = -17;
 
-#[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
+macro_rules! event_rings {
+    ($($name:ident = $i:literal),+) => {
+        $(
+            #[map]
+            static $name: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
+        )+
+        /// This CPU's event ring.
+        #[inline(always)]
+        fn ring() -> &'static RingBuf {
+            const _: () = assert!([$($i),+].len() == EVENT_RINGS as usize);
+            match unsafe { generated::bpf_get_smp_processor_id() } % EVENT_RINGS {
+                $($i => &$name,)+
+                _ => &EVENTS_0,
+            }
+        }
+    };
+}
+event_rings!(
+    EVENTS_0 = 0,
+    EVENTS_1 = 1,
+    EVENTS_2 = 2,
+    EVENTS_3 = 3,
+    EVENTS_4 = 4,
+    EVENTS_5 = 5,
+    EVENTS_6 = 6,
+    EVENTS_7 = 7
+);
 
 /// Distinct creation stacks, keyed by `GoroutineEvent::stack`. Entries are
 /// allocated on first use; user space deletes a process's entries when it
@@ -233,15 +258,16 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
 #[inline(always)]
 fn send(ev: &GoroutineEvent, sent_counter: u32, events: &mut u64) {
     *events += 1;
+    let ring = ring();
     let flags = if *events % WAKEUP_CHECK_EVERY == 0
-        && EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= RINGBUF_WAKEUP_BYTES
+        && ring.query(BPF_RB_AVAIL_DATA as u64) >= RINGBUF_WAKEUP_BYTES
     {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
     // reserve + submit is one helper call cheaper than output.
-    match EVENTS.reserve::<GoroutineEvent>(0) {
+    match ring.reserve::<GoroutineEvent>(0) {
         Some(mut entry) => {
             entry.write(*ev);
             entry.submit(flags as u64);

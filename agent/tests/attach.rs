@@ -94,7 +94,8 @@ fn trace_spawner_at(
     let mut rec = Recorder::default();
     let want = reported.len();
     wait_for(Duration::from_secs(5), || {
-        events.drain(|ev| tracker.on_event(&ev.unwrap(), &mut stacks, &mut rec));
+        let (_, malformed) = events.drain(false, |ev| tracker.on_event(ev, &mut stacks, &mut rec));
+        assert_eq!(malformed, 0);
         let done = rec.exited.iter().filter(|(g, _)| g.pid == sp.pid()).count() >= want;
         done.then_some(())
     });

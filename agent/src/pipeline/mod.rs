@@ -320,7 +320,11 @@ impl Pipeline {
                     Some(_) => HOUSEKEEPING_INTERVAL.saturating_sub(last_housekeeping.elapsed()),
                     None => DRAIN_INTERVAL,
                 };
-                wait_any(&[events.fd(), proc_events.as_raw_fd(), stop.fd()], timeout);
+                let fds: Vec<i32> = events
+                    .fds()
+                    .chain([proc_events.as_raw_fd(), stop.fd()])
+                    .collect();
+                wait_any(&fds, timeout);
             }
             // Order matters: execs first, so goroutine events find their
             // process; exits last, after the goroutine events that process
@@ -334,14 +338,10 @@ impl Pipeline {
                 // Each event goes straight from the ring buffer to its
                 // tracker: no copy, no allocation per event.
                 let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
-                let mut malformed = 0;
                 self.drains += 1;
-                let n = events.drain(|ev| match ev {
-                    Ok(ev) => self.on_event(&ev, &mut stacks),
-                    Err(_) => malformed += 1,
-                });
+                let (n, malformed) = events.drain(stopping, |ev| self.on_event(ev, &mut stacks));
                 span.record("events", n);
-                self.metrics.malformed(malformed);
+                self.metrics.malformed(malformed as u64);
                 for b in self.bins.values_mut() {
                     b.tracker.settle(self.drains, &mut stacks, &mut self.sinks);
                 }

@@ -1,21 +1,22 @@
 //! The maps user space reads besides the event ring: process exec/exit
 //! events, creation stacks, and the kernel's loss and activity counters.
 
+use super::ringbuf::Ring;
 use agent_common::{UserStack, counter};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, MapData, PerCpuArray};
 
 /// Process exec/exit events from the kernel (read when node mode watches).
-pub struct ProcEvents(pub(super) RingBuf<MapData>);
+pub struct ProcEvents(pub(super) Ring);
 
 impl ProcEvents {
     /// Calls `f` for each pending event; malformed entries are skipped and
     /// counted in the return value's second half.
     pub fn drain(&mut self, mut f: impl FnMut(agent_common::ProcEvent)) -> (usize, usize) {
         let (mut n, mut bad) = (0, 0);
-        while let Some(item) = self.0.next() {
+        self.0.drain(|item| {
             if item.len() < std::mem::size_of::<agent_common::ProcEvent>() {
                 bad += 1;
-                continue;
+                return;
             }
             // SAFETY: length checked; plain repr(C) data, any bit pattern valid.
             let ev = unsafe {
@@ -23,14 +24,14 @@ impl ProcEvents {
             };
             n += 1;
             f(ev);
-        }
+        });
         (n, bad)
     }
 }
 
 impl std::os::fd::AsRawFd for ProcEvents {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
+        self.0.fd()
     }
 }
 

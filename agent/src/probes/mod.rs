@@ -5,6 +5,7 @@
 mod batch;
 pub mod caps;
 mod maps;
+mod mmap;
 mod ringbuf;
 mod sites;
 
@@ -14,11 +15,12 @@ pub use sites::{Inserted, KernelSites};
 
 use crate::gobin::GoBinary;
 use agent_common::{
-    GOffsets, LifetimeBounds, MAX_BINARIES, MAX_STACK_DEPTH, SITE_CREATE_IN_BODY, counter,
+    EVENT_RINGS, GOffsets, LifetimeBounds, MAX_BINARIES, MAX_STACK_DEPTH, SITE_CREATE_IN_BODY,
+    counter,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -56,6 +58,11 @@ pub enum Error {
     #[error("cannot watch process starts and exits (raw tracepoint {0}): {1}")]
     Watch(&'static str, String),
 }
+
+/// The event rings: CPU n writes to `RING_NAMES[n % EVENT_RINGS]`.
+const RING_NAMES: [&str; EVENT_RINGS as usize] = [
+    "EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3", "EVENTS_4", "EVENTS_5", "EVENTS_6", "EVENTS_7",
+];
 
 fn is_eperm(e: &dyn std::error::Error) -> bool {
     let mut cur: Option<&dyn std::error::Error> = Some(e);
@@ -163,10 +170,20 @@ impl Probes {
         let depth = stack_depth.min(MAX_STACK_DEPTH) as u32;
         let agg = aggregate.is_some() as u32;
         let mut loader = EbpfLoader::new();
-        if aggregate.is_some() {
-            // No goroutine events: one page instead of 4 MiB, which user
-            // space would map (twice) and carry in its resident memory.
-            loader.map_max_entries("EVENTS", 4096);
+        // A ring per CPU up to EVENT_RINGS; the others (and, in aggregate
+        // mode, all: no goroutine events) get one page instead of
+        // RINGBUF_BYTES, which user space would map (twice) and carry in
+        // its resident memory.
+        // Possible CPUs are numbered 0..n (what per-CPU maps assume too).
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| Error::Load(format!("number of CPUs ({path}): {e}")))?;
+        let used_rings = if aggregate.is_some() {
+            0
+        } else {
+            cpus.min(EVENT_RINGS as usize)
+        };
+        for name in &RING_NAMES[used_rings..] {
+            loader.map_max_entries(name, 4096);
         }
         let mut ebpf = loader
             .override_global("STACK_DEPTH", &depth, true)
@@ -179,7 +196,7 @@ impl Probes {
                     Error::Permission
                 } else {
                     let s = e.to_string();
-                    if s.contains("EVENTS") {
+                    if s.contains("EVENTS_") {
                         Error::NoRingBuf(s)
                     } else {
                         Error::Load(format!("{e:#}"))
@@ -214,9 +231,18 @@ impl Probes {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Map(name, "missing".into()))
         };
-        let events = EventReader::new(take(&mut ebpf, "EVENTS")?)?;
-        let procs = RingBuf::try_from(take(&mut ebpf, "PROC_EVENTS")?)
-            .map_err(|e| Error::Map("PROC_EVENTS", e.to_string()))?;
+        let mut rings = Vec::new();
+        for (i, name) in RING_NAMES.iter().enumerate() {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| Error::Map("EVENTS_*", format!("{name} missing")))?;
+            // Rings no CPU writes to are left unread.
+            if i < used_rings.max(1) {
+                rings.push(ringbuf::Ring::new("EVENTS_*", map)?);
+            }
+        }
+        let events = EventReader::new(rings);
+        let procs = ringbuf::Ring::new("PROC_EVENTS", take(&mut ebpf, "PROC_EVENTS")?)?;
         let stacks = HashMap::try_from(take(&mut ebpf, "STACKS")?)
             .map_err(|e| Error::Map("STACKS", e.to_string()))?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)

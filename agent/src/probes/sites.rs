@@ -8,50 +8,48 @@
 //! all their pages would count in the agent's resident memory).
 
 use super::Error;
+use super::mmap::Mapping;
 use agent_common::{
     LIVE_BLOCK_SETS, LIVE_SETS, LifetimeBounds, LiveBlock, LiveGoroutine, LiveKey, LiveSet,
     MAX_SITES, OVERFLOW_SITE, SiteKey, SiteLifetimes, SiteTotals, live_place,
 };
 use aya::maps::{Array, HashMap, MapData, Stack};
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
-};
+use std::os::fd::{AsFd, AsRawFd};
 
 /// bpf_map_update_elem's flag: fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
 
 /// A BPF array mapped read-write into this process.
 struct Mapped<T> {
-    ptr: NonNull<T>,
+    map: Mapping,
     len: usize,
-    bytes: usize,
+    _t: std::marker::PhantomData<T>,
     /// Keeps the map (and so the mapping's object) alive.
     _map: MapData,
 }
 
-// SAFETY: the mapping is owned by this value; access goes through &self /
-// &mut self and volatile reads (the kernel writes concurrently).
-unsafe impl<T> Send for Mapped<T> {}
-
 impl<T: Copy> Mapped<T> {
     fn new(name: &'static str, map: MapData, len: usize) -> Result<Self, Error> {
         let bytes = (len * std::mem::size_of::<T>()).next_multiple_of(4096);
-        let ptr = map_shared(map.fd().as_fd().as_raw_fd(), bytes)
+        let mapping = Mapping::new(map.fd().as_fd().as_raw_fd(), bytes, 0, true)
             .map_err(|e| Error::Map(name, e.to_string()))?;
         Ok(Mapped {
-            ptr: ptr.cast(),
+            map: mapping,
             len,
-            bytes,
+            _t: std::marker::PhantomData,
             _map: map,
         })
+    }
+
+    fn ptr(&self) -> *mut T {
+        self.map.ptr().as_ptr().cast()
     }
 
     fn get(&self, i: usize) -> T {
         assert!(i < self.len);
         // SAFETY: in bounds of the mapping; T is plain data. The kernel may
         // be adding to it: a torn read of a counter only delays its delta.
-        unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(i)) }
+        unsafe { std::ptr::read_volatile(self.ptr().add(i)) }
     }
 
     /// Atomically adds `n` to the u64 at byte `field` of element `i`
@@ -61,7 +59,7 @@ impl<T: Copy> Mapped<T> {
         // SAFETY: in bounds and 8-aligned (T's fields are u64s); the kernel
         // only ever updates it atomically too.
         unsafe {
-            let p = self.ptr.as_ptr().add(i).cast::<u8>().add(field);
+            let p = self.ptr().add(i).cast::<u8>().add(field);
             (*p.cast::<std::sync::atomic::AtomicU64>())
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
@@ -70,36 +68,8 @@ impl<T: Copy> Mapped<T> {
     fn set(&mut self, i: usize, v: T) {
         assert!(i < self.len);
         // SAFETY: as in `get`.
-        unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(i), v) }
+        unsafe { std::ptr::write_volatile(self.ptr().add(i), v) }
     }
-}
-
-impl<T> Drop for Mapped<T> {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
-    }
-}
-
-/// Maps `bytes` of the BPF array `fd` (created with BPF_F_MMAPABLE)
-/// read-write and shared with the kernel.
-fn map_shared(fd: i32, bytes: usize) -> std::io::Result<NonNull<u8>> {
-    // SAFETY: a new shared mapping of a BPF array fd; the kernel validates
-    // size and protection.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(NonNull::new(p.cast()).expect("mmap returned non-null"))
 }
 
 /// What `KernelSites::insert_live` did.
@@ -284,11 +254,11 @@ impl KernelSites {
         }
         let bytes = (LIVE_SETS as usize * std::mem::size_of::<LiveSet>()).next_multiple_of(4096);
         let fd = self.live.map().fd().as_fd().as_raw_fd();
-        let Ok(base) = map_shared(fd, bytes) else {
+        let Ok(base) = Mapping::new(fd, bytes, 0, true) else {
             tracing::debug!("live array not mapped: exited processes' slots stay");
             return 0;
         };
-        let sets = base.cast::<LiveSet>().as_ptr();
+        let sets = base.ptr().cast::<LiveSet>().as_ptr();
         let mut n = 0;
         for &(set, w, goid) in slots {
             // SAFETY: set < LIVE_SETS and w < LIVE_WAYS (read from the
@@ -308,8 +278,6 @@ impl KernelSites {
                 }
             }
         }
-        // SAFETY: the mapping made above, unmapped once.
-        unsafe { libc::munmap(base.as_ptr().cast(), bytes) };
         n
     }
 
