@@ -26,10 +26,6 @@ pub struct GoroutineEvent {
     pub kind: u32,
     /// Thread group id (the process id user space sees).
     pub pid: u32,
-    /// Kernel thread id that ran the probe.
-    pub tid: u32,
-    /// Explicit padding (always 0).
-    pub _pad: u32,
     /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the probe.
     pub ktime_ns: u64,
     /// Key in the `STACKS` map of the creating user stack (a hash of the
@@ -44,7 +40,8 @@ pub struct GoroutineEvent {
     /// runtime.g.startpc: PC of the goroutine's function (creation events only).
     pub startpc: u64,
 }
-const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 64);
+// With the ring's 8-byte header, a record fills one cache line exactly.
+const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 56);
 
 /// A creating user stack, stored once per distinct stack in the `STACKS`
 /// hash map under `GoroutineEvent::stack`.

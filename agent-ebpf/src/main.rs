@@ -338,8 +338,6 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     let ev = GoroutineEvent {
         kind: EVENT_CREATE,
         pid,
-        tid: pid_tgid as u32,
-        _pad: 0,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         stack,
         goid,
@@ -735,8 +733,6 @@ fn goexit1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     let ev = GoroutineEvent {
         kind: EVENT_EXIT,
         pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        _pad: 0,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         stack: NO_STACK,
         goid,

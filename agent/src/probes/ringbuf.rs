@@ -223,8 +223,6 @@ mod tests {
         let ev = GoroutineEvent {
             kind: EVENT_CREATE,
             pid: 42,
-            tid: 43,
-            _pad: 0,
             ktime_ns: 1_000,
             stack: 0xdead_beef,
             goid: 99,
