@@ -309,6 +309,10 @@ impl Pipeline {
         }
         self.refresh_gauges();
         let mut last_housekeeping = Instant::now();
+        let wake_fds: Vec<i32> = events
+            .fds()
+            .chain([proc_events.as_raw_fd(), stop.fd()])
+            .collect();
         loop {
             let stopping = stop.requested();
             if !stopping {
@@ -320,11 +324,7 @@ impl Pipeline {
                     Some(_) => HOUSEKEEPING_INTERVAL.saturating_sub(last_housekeeping.elapsed()),
                     None => DRAIN_INTERVAL,
                 };
-                let fds: Vec<i32> = events
-                    .fds()
-                    .chain([proc_events.as_raw_fd(), stop.fd()])
-                    .collect();
-                wait_any(&fds, timeout);
+                wait_any(&wake_fds, timeout);
             }
             // Order matters: execs first, so goroutine events find their
             // process; exits last, after the goroutine events that process
@@ -335,8 +335,8 @@ impl Pipeline {
                 self.start(ev.pid, Some(ev.ktime_ns), &mut stacks);
             }
             {
-                // Each event goes straight from the ring buffer to its
-                // tracker: no copy, no allocation per event.
+                // Events reach the trackers in kernel time order across
+                // the per-CPU rings (probes/ringbuf.rs).
                 let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
                 self.drains += 1;
                 let (n, malformed) = events.drain(stopping, |ev| self.on_event(ev, &mut stacks));

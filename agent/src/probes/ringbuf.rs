@@ -1,9 +1,8 @@
 //! Reads the kernel's ring buffers (goroutine events, process events)
-//! through their shared mapping, a batch at a time: the consumer position
-//! is published once per batch, not once per record as aya's `RingBuf`
-//! does. Every reservation in the kernel loads that position, so a store
-//! per record moved its cache line between the reading CPU and the probed
-//! program's CPU on every event.
+//! through their shared mapping, a batch at a time: records are read up to
+//! the producer position, then the consumer position is published once
+//! (aya's `RingBuf` publishes it per record). Goroutine events come from
+//! one ring per CPU and are merged here in kernel time order.
 //!
 //! The kernel wakes us only when a lot is pending, so the pipeline also
 //! drains on a short timer.
