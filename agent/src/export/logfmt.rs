@@ -161,8 +161,9 @@ pub struct GmonLog<W: Write> {
     clock: Clock,
     line: String,
     /// Creation lines differ only in time and goroutine id: the head is
-    /// reused within one millisecond, the stack part per site.
-    created_head: (i128, String),
+    /// reused within one millisecond (the kernel times it spans), the
+    /// stack part per site.
+    created_head: (std::ops::Range<u64>, String),
     stacks: FxHashMap<u64, String>,
     /// Lines that could not be written (e.g. stdout closed); exported.
     pub write_errors: u64,
@@ -175,7 +176,7 @@ impl<W: Write> GmonLog<W> {
             level,
             clock,
             line: String::with_capacity(512),
-            created_head: (i128::MIN, String::new()),
+            created_head: (0..0, String::new()),
             stacks: FxHashMap::default(),
             write_errors: 0,
         }
@@ -216,17 +217,24 @@ impl<W: Write> Sink for GmonLog<W> {
             return;
         }
         // slog shows milliseconds: one head serves a whole wall-clock ms.
-        let ms = self.clock.wall_ns(g.created_ns).div_euclid(1_000_000);
-        if self.created_head.0 != ms {
+        if !self.created_head.0.contains(&g.created_ns) {
+            let ms = self.clock.wall_ns(g.created_ns).div_euclid(1_000_000);
             let head = &mut self.created_head.1;
             head.clear();
-            let wall = self.clock.at(ms * 1_000_000);
-            write_head(head, wall, Level::Info, "goroutine is created");
-            self.created_head.0 = ms;
+            write_head(
+                head,
+                self.clock.at(ms * 1_000_000),
+                Level::Info,
+                "goroutine is created",
+            );
+            let start = ms * 1_000_000 - self.clock.offset_ns;
+            let k = |ns: i128| ns.clamp(0, u64::MAX as i128) as u64;
+            self.created_head.0 = k(start)..k(start + 1_000_000);
         }
         self.line.clear();
         self.line.push_str(&self.created_head.1);
-        let _ = write!(self.line, " goroutine_id={}", g.goid);
+        self.line.push_str(" goroutine_id=");
+        self.line.push_str(itoa::Buffer::new().format(g.goid));
         let stack = self.stacks.entry(g.site.id).or_insert_with(|| {
             let mut s = String::new();
             for (i, f) in g.site.stack.iter().enumerate() {

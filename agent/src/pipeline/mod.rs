@@ -339,8 +339,13 @@ impl Pipeline {
                 // the per-CPU rings (probes/ringbuf.rs).
                 let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
                 self.drains += 1;
-                let (n, malformed) = events.drain(stopping, |ev| self.on_event(ev, &mut stacks));
+                let mut created = 0;
+                let (n, malformed) = events.drain(stopping, |ev| {
+                    created += usize::from(ev.kind == EVENT_CREATE);
+                    self.on_event(ev, &mut stacks)
+                });
                 span.record("events", n);
+                self.metrics.received(created as u64, (n - created) as u64);
                 self.metrics.malformed(malformed as u64);
                 for b in self.bins.values_mut() {
                     b.tracker.settle(self.drains, &mut stacks, &mut self.sinks);
@@ -368,6 +373,7 @@ impl Pipeline {
                 }
                 self.metrics.add_kernel(&d);
             }
+            self.sinks.prom.publish();
             if stopping {
                 break;
             }
@@ -380,7 +386,6 @@ impl Pipeline {
 
     /// The hot path: one lookup for the process, one for its binary.
     fn on_event(&mut self, ev: &GoroutineEvent, stacks: &mut probes::KernelStacks) {
-        self.metrics.received(ev.kind == EVENT_CREATE);
         let id = match self.place(ev.pid, stacks) {
             Placed::Tracked(id) => id,
             Placed::Ignored => {

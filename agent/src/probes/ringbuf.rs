@@ -19,6 +19,8 @@ use std::{
 const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;
 const HDR_BYTES: u64 = 8;
+/// How far ahead `scan` prefetches: eight 64-byte event records.
+const PREFETCH_AHEAD: usize = 512;
 
 /// A BPF ring buffer read from user space.
 pub struct Ring {
@@ -74,39 +76,63 @@ impl Ring {
     /// until the ring is empty or the next record is still being written;
     /// returns how many it passed.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let data = self.producer.ptr().as_ptr().wrapping_add(self.page);
         let mut n = 0;
         loop {
-            let end = self.producer_pos().load(Ordering::Acquire);
-            let start = self.pos;
-            while self.pos < end {
-                let at = (self.pos & self.mask) as usize;
-                // SAFETY: at <= mask, and the header is inside the first
-                // copy of the data area; the kernel writes `len` last,
-                // with release order, when it commits.
-                let hdr = unsafe { &*data.add(at).cast::<AtomicU32>() }.load(Ordering::Acquire);
-                if hdr & BUSY_BIT != 0 {
-                    break;
-                }
-                let len = hdr & !(BUSY_BIT | DISCARD_BIT);
-                if hdr & DISCARD_BIT == 0 {
-                    // SAFETY: a record is at most the data area's size, and
-                    // the second copy follows the first, so the record's
-                    // bytes are contiguous and mapped.
-                    let rec = unsafe {
-                        std::slice::from_raw_parts(data.add(at + HDR_BYTES as usize), len as usize)
-                    };
-                    f(rec);
-                    n += 1;
-                }
-                self.pos += (u64::from(len) + HDR_BYTES).next_multiple_of(8);
-            }
-            if self.pos == start {
+            let end = self.scan(|rec| {
+                f(rec);
+                n += 1;
+            });
+            if end == self.pos {
                 return n;
             }
-            // Hand the batch's space back to the kernel.
-            self.consumer_pos().store(self.pos, Ordering::Release);
+            self.release(end);
         }
+    }
+
+    /// Calls `f` with each committed record from our position on, up to
+    /// the first one still being written, without handing their space
+    /// back: they stay valid until `release`. Returns the position after
+    /// the last one.
+    fn scan<'a>(&'a self, mut f: impl FnMut(&'a [u8])) -> u64 {
+        let data = self.producer.ptr().as_ptr().wrapping_add(self.page);
+        let end = self.producer_pos().load(Ordering::Acquire);
+        let mut pos = self.pos;
+        while pos < end {
+            let at = (pos & self.mask) as usize;
+            // The records were written on other CPUs: ask for the lines a
+            // few records on early, so their transfers overlap.
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: a hint; the address is inside the double mapping.
+            unsafe {
+                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                _mm_prefetch::<_MM_HINT_T0>(data.add(at + PREFETCH_AHEAD).cast());
+            }
+            // SAFETY: at <= mask, and the header is inside the first copy
+            // of the data area; the kernel writes `len` last, with release
+            // order, when it commits.
+            let hdr = unsafe { &*data.add(at).cast::<AtomicU32>() }.load(Ordering::Acquire);
+            if hdr & BUSY_BIT != 0 {
+                break;
+            }
+            let len = hdr & !(BUSY_BIT | DISCARD_BIT);
+            if hdr & DISCARD_BIT == 0 {
+                // SAFETY: a record is at most the data area's size, and the
+                // second copy follows the first, so the record's bytes are
+                // contiguous and mapped; the kernel does not write them
+                // again before we release their space.
+                f(unsafe {
+                    std::slice::from_raw_parts(data.add(at + HDR_BYTES as usize), len as usize)
+                });
+            }
+            pos += (u64::from(len) + HDR_BYTES).next_multiple_of(8);
+        }
+        pos
+    }
+
+    /// Hands the space before `pos` back to the kernel.
+    fn release(&mut self, pos: u64) {
+        self.pos = pos;
+        self.consumer_pos().store(pos, Ordering::Release);
     }
 
     pub fn fd(&self) -> std::os::fd::RawFd {
@@ -121,11 +147,20 @@ impl Ring {
 /// A record is handed on only once it is older than the moment the read
 /// began: its goroutine's creation, if in another ring, was committed
 /// before its exit was timed, so before that moment, and was read too.
-/// Newer records wait for the next drain.
+/// Newer records are copied aside and wait for the next drain.
+///
+/// Records are handed on where they lie in the rings (their space goes
+/// back to the kernel after): only their times and places are sorted.
 pub struct EventReader {
     rings: Vec<Ring>,
     /// Read from the rings, not yet handed on.
-    pending: Vec<GoroutineEvent>,
+    carry: Vec<GoroutineEvent>,
+    /// The previous drain's `carry`, kept for its allocation.
+    spare: Vec<GoroutineEvent>,
+    /// (kernel time, address) of each record of a drain; empty between
+    /// drains (the addresses are only valid during one).
+    order: Vec<(u64, usize)>,
+    ends: Vec<u64>,
 }
 
 /// An entry that was not a `GoroutineEvent` (counted, never expected).
@@ -136,7 +171,10 @@ impl EventReader {
     pub(super) fn new(rings: Vec<Ring>) -> Self {
         EventReader {
             rings,
-            pending: Vec::new(),
+            carry: Vec::new(),
+            spare: Vec::new(),
+            order: Vec::new(),
+            ends: Vec::new(),
         }
     }
 
@@ -148,39 +186,62 @@ impl EventReader {
     /// Calls `f` for each event older than now (every event, if `all`), in
     /// kernel time order; returns how many events it passed and how many
     /// malformed entries it skipped.
-    pub fn drain(&mut self, all: bool, f: impl FnMut(&GoroutineEvent)) -> (usize, usize) {
+    pub fn drain(&mut self, all: bool, mut f: impl FnMut(&GoroutineEvent)) -> (usize, usize) {
         let cutoff = if all { u64::MAX } else { monotonic_ns() };
         let mut malformed = 0;
-        for r in &mut self.rings {
-            r.drain(|rec| match decode(rec) {
-                Ok(ev) => self.pending.push(ev),
+        let carried = std::mem::replace(&mut self.carry, std::mem::take(&mut self.spare));
+        let order = &mut self.order;
+        order.extend(carried.iter().map(|e| (e.ktime_ns, e as *const _ as usize)));
+        self.ends.clear();
+        for r in &self.rings {
+            let end = r.scan(|rec| match view(rec) {
+                Ok(ev) => order.push((ev.ktime_ns, ev as *const _ as usize)),
                 Err(Malformed) => malformed += 1,
             });
+            self.ends.push(end);
         }
-        (hand_on(&mut self.pending, cutoff, f), malformed)
+        let n = hand_on(order, cutoff, |addr, ready| {
+            // SAFETY: every address is of an event in `carried` or in a
+            // ring's unreleased records; neither changes before the
+            // release below.
+            let ev = unsafe { &*(addr as *const GoroutineEvent) };
+            if ready {
+                f(ev);
+            } else {
+                self.carry.push(*ev);
+            }
+        });
+        for (r, &end) in self.rings.iter_mut().zip(&self.ends) {
+            r.release(end);
+        }
+        self.spare = carried;
+        self.spare.clear();
+        // A burst's worth of room is not kept for good.
+        for v in [&mut self.carry, &mut self.spare] {
+            if v.capacity() > 4 * CARRY_KEPT && v.len() < CARRY_KEPT {
+                v.shrink_to(CARRY_KEPT);
+            }
+        }
+        (n, malformed)
     }
 }
 
-/// Calls `f` with the events of `pending` older than `cutoff`, oldest
-/// first, and keeps the others; returns how many it passed.
-fn hand_on(
-    pending: &mut Vec<GoroutineEvent>,
-    cutoff: u64,
-    mut f: impl FnMut(&GoroutineEvent),
-) -> usize {
-    // Each ring's records are in time order already: the sort merges runs.
-    pending.sort_by_key(|e| e.ktime_ns);
-    let ready = pending.partition_point(|e| e.ktime_ns < cutoff);
-    pending.drain(..ready).for_each(|e| f(&e));
-    // A burst's worth of capacity is not kept for good.
-    if pending.capacity() > 4 * PENDING_KEPT && pending.len() < PENDING_KEPT {
-        pending.shrink_to(PENDING_KEPT);
+/// Sorts `order` by time (stable) and calls `f` with each address, oldest
+/// first, and whether it is older than `cutoff`; leaves `order` empty and
+/// returns how many were.
+fn hand_on(order: &mut Vec<(u64, usize)>, cutoff: u64, mut f: impl FnMut(usize, bool)) -> usize {
+    // Each ring's records are (nearly) in time order: the sort merges runs.
+    order.sort_by_key(|&(t, _)| t);
+    let ready = order.partition_point(|&(t, _)| t < cutoff);
+    for (i, &(_, addr)) in order.iter().enumerate() {
+        f(addr, i < ready);
     }
+    order.clear();
     ready
 }
 
 /// Events' room kept between drains (64 KiB).
-const PENDING_KEPT: usize = 1024;
+const CARRY_KEPT: usize = 1024;
 
 /// CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_ns.
 fn monotonic_ns() -> u64 {
@@ -193,14 +254,15 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Decodes one ring buffer entry.
-pub fn decode(bytes: &[u8]) -> Result<GoroutineEvent, Malformed> {
-    if bytes.len() < std::mem::size_of::<GoroutineEvent>() {
+/// One ring buffer entry as the event it holds.
+fn view(bytes: &[u8]) -> Result<&GoroutineEvent, Malformed> {
+    let p = bytes.as_ptr().cast::<GoroutineEvent>();
+    if bytes.len() < std::mem::size_of::<GoroutineEvent>() || !p.is_aligned() {
         return Err(Malformed);
     }
-    // SAFETY: length checked; GoroutineEvent is repr(C) plain data and every
-    // bit pattern is valid; read_unaligned tolerates any alignment.
-    let ev = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<GoroutineEvent>()) };
+    // SAFETY: length and alignment checked (ring records are 8-aligned);
+    // GoroutineEvent is repr(C) plain data and every bit pattern is valid.
+    let ev = unsafe { &*p };
     match ev.kind {
         agent_common::EVENT_CREATE | agent_common::EVENT_EXIT => Ok(ev),
         _ => Err(Malformed),
@@ -212,13 +274,28 @@ mod tests {
     use super::*;
     use agent_common::{EVENT_CREATE, EVENT_EXIT};
 
-    fn bytes(ev: &GoroutineEvent) -> Vec<u8> {
-        let p = (ev as *const GoroutineEvent).cast::<u8>();
-        unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<GoroutineEvent>()) }.to_vec()
+    /// `ev`'s bytes at byte offset `at` of an 8-aligned buffer.
+    fn placed(ev: &GoroutineEvent, at: usize) -> Vec<u64> {
+        let size = std::mem::size_of::<GoroutineEvent>();
+        let mut buf = vec![0u64; (at + size).div_ceil(8)];
+        // SAFETY: the buffer holds at + size bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (ev as *const GoroutineEvent).cast::<u8>(),
+                buf.as_mut_ptr().cast::<u8>().add(at),
+                size,
+            )
+        };
+        buf
+    }
+
+    fn bytes(buf: &[u64], at: usize, len: usize) -> &[u8] {
+        // SAFETY: within the buffer.
+        unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>().add(at), len) }
     }
 
     #[test]
-    fn decodes_events_at_any_alignment() {
+    fn views_aligned_events_in_place() {
         let ev = GoroutineEvent {
             kind: EVENT_CREATE,
             pid: 42,
@@ -229,66 +306,54 @@ mod tests {
             gopc: 0x401000,
             startpc: 0x402000,
         };
-        let mut b = vec![0u8];
-        b.extend(bytes(&ev));
-        assert_eq!(decode(&b[1..]), Ok(ev));
+        let size = std::mem::size_of::<GoroutineEvent>();
+        let buf = placed(&ev, 8);
+        let rec = bytes(&buf, 8, size);
+        assert_eq!(view(rec), Ok(&ev));
+        assert!(std::ptr::eq(view(rec).unwrap(), rec.as_ptr().cast()));
         let exit = GoroutineEvent {
             kind: EVENT_EXIT,
             ..ev
         };
-        assert_eq!(decode(&bytes(&exit)), Ok(exit));
+        assert_eq!(view(bytes(&placed(&exit, 0), 0, size)), Ok(&exit));
+        // Ring records are always 8-aligned: anything else is malformed.
+        assert_eq!(view(bytes(&placed(&ev, 4), 4, size)), Err(Malformed));
     }
 
     #[test]
-    fn hands_on_events_in_time_order_and_keeps_the_newer_ones() {
-        let ev = |kind, goid, ktime_ns| GoroutineEvent {
-            kind,
-            goid,
-            ktime_ns,
-            ..Default::default()
-        };
+    fn hands_on_in_time_order_and_sets_the_newer_ones_apart() {
         // Ring 0 then ring 1 as read: goroutine 2's exit (ring 0) was read
-        // before its creation (ring 1); goroutine 3's creation came after
-        // the cutoff.
-        let mut pending = vec![
-            ev(EVENT_CREATE, 1, 10),
-            ev(EVENT_EXIT, 2, 30),
-            ev(EVENT_EXIT, 1, 40),
-            ev(EVENT_CREATE, 2, 20),
-            ev(EVENT_CREATE, 3, 100),
-        ];
+        // before its creation (ring 1); the last came after the cutoff.
+        let mut order = vec![(10, 1), (30, 2), (40, 3), (20, 4), (100, 5)];
         let mut seen = Vec::new();
         assert_eq!(
-            hand_on(&mut pending, 100, |e| seen.push((e.kind, e.goid))),
+            hand_on(&mut order, 100, |a, ready| seen.push((a, ready))),
             4
         );
         assert_eq!(
             seen,
-            [
-                (EVENT_CREATE, 1),
-                (EVENT_CREATE, 2),
-                (EVENT_EXIT, 2),
-                (EVENT_EXIT, 1)
-            ]
+            [(1, true), (4, true), (2, true), (3, true), (5, false)]
         );
-        assert_eq!(pending, [ev(EVENT_CREATE, 3, 100)]);
-        pending.push(ev(EVENT_EXIT, 3, 150));
+        assert!(order.is_empty());
+        // Equal times keep the order they were read in.
+        let mut order = vec![(7, 1), (7, 2), (5, 3), (7, 4)];
         seen.clear();
-        assert_eq!(
-            hand_on(&mut pending, u64::MAX, |e| seen.push((e.kind, e.goid))),
-            2
-        );
-        assert_eq!(seen, [(EVENT_CREATE, 3), (EVENT_EXIT, 3)]);
-        assert!(pending.is_empty());
+        assert_eq!(hand_on(&mut order, u64::MAX, |a, r| seen.push((a, r))), 4);
+        assert_eq!(seen, [(3, true), (1, true), (2, true), (4, true)]);
     }
 
     #[test]
     fn rejects_short_and_unknown_entries() {
-        assert_eq!(decode(&[0u8; 8]), Err(Malformed));
+        let size = std::mem::size_of::<GoroutineEvent>();
+        let ev = GoroutineEvent {
+            kind: EVENT_CREATE,
+            ..Default::default()
+        };
+        assert_eq!(view(bytes(&placed(&ev, 0), 0, size - 8)), Err(Malformed));
         let ev = GoroutineEvent {
             kind: 9,
             ..Default::default()
         };
-        assert_eq!(decode(&bytes(&ev)), Err(Malformed));
+        assert_eq!(view(bytes(&placed(&ev, 0), 0, size)), Err(Malformed));
     }
 }

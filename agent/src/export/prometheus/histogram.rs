@@ -35,9 +35,16 @@ impl BulkHistogram {
         self.0.bounds.partition_point(|&b| b < secs)
     }
 
-    /// One observation of `ns` nanoseconds.
-    pub fn observe_ns(&self, ns: u64) {
-        self.add(self.bucket_of(ns as f64 / 1e9), 1, ns);
+    /// `counts[i]` observations in each bucket `i`, summing to `sum_ns`.
+    pub fn add_all(&self, counts: &[u64], sum_ns: u64) {
+        for (c, &n) in self.0.counts.iter().zip(counts) {
+            if n > 0 {
+                c.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if sum_ns > 0 {
+            self.0.sum_ns.fetch_add(sum_ns, Ordering::Relaxed);
+        }
     }
 
     /// `count` observations summing to `sum_ns`, all in bucket `i`.
@@ -126,7 +133,7 @@ mod tests {
         let ours = new_vec(opts.clone(), &["site"]).unwrap();
         let theirs = prometheus::HistogramVec::new(opts, &["site"]).unwrap();
         let h = ours.with_label_values(&["a"]);
-        h.observe_ns(500_000_000);
+        h.add_all(&[1], 500_000_000);
         h.add(h.bucket_of(3.0), 2, 5_000_000_000);
         h.add(2, 1, 10_000_000_000);
         let t = theirs.with_label_values(&["a"]);

@@ -435,8 +435,9 @@ impl Metrics {
         Ok(Arc::new(m))
     }
 
-    pub fn received(&self, create: bool) {
-        self.received[usize::from(!create)].inc();
+    pub fn received(&self, created: u64, exited: u64) {
+        self.received[0].inc_by(created);
+        self.received[1].inc_by(exited);
     }
 
     /// Goroutines found alive at attach that did not fit the kernel's
@@ -659,8 +660,15 @@ mod tests {
         );
         sink.created(&g);
         sink.exited(&g, 2_500_000_000);
-        let text = m.render();
         let labels = r#"stack_0="runtime.goexit",stack_1="runtime.main",stack_2="main.main",stack_3="runtime.newproc1",stack_4="none""#;
+        // Counted in the site's batch until published.
+        let text = m.render();
+        assert!(
+            text.contains(&format!("gmon_goroutine_creation{{{labels}}} 0")),
+            "{text}"
+        );
+        sink.publish();
+        let text = m.render();
         assert!(
             text.contains("# TYPE gmon_goroutine_creation counter"),
             "{text}"

@@ -1,7 +1,11 @@
 //! Feeds gmon's families from the trackers, one cached set of series
 //! handles per creation site.
+//!
+//! Goroutines seen one by one (gmon's log lines on) are counted in the
+//! site's own batch first and published once per drain: the series are
+//! atomics shared with the scrape, four locked adds per goroutine.
 
-use super::{Metrics, histogram::BulkHistogram};
+use super::{GMON_BUCKETS, Metrics, histogram::BulkHistogram};
 use crate::model::{Goroutine, Sink, Site, SiteDelta, SiteLive, stack_labels};
 use prometheus::{Gauge, IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
@@ -23,6 +27,30 @@ struct SiteSeries {
     oldest_age: Gauge,
     /// Node mode: the label values, to delete the series with the process.
     labels: Option<Vec<String>>,
+    /// Counted since the last `publish`.
+    batch: Batch,
+}
+
+/// A site's goroutines seen since the last `publish`.
+#[derive(Default)]
+struct Batch {
+    created: u64,
+    exited: u64,
+    /// Lifetimes per gmon bucket (the last is +Inf), and their sum.
+    uptime: [u64; GMON_BUCKETS.len() + 1],
+    sum_ns: u64,
+}
+
+impl SiteSeries {
+    /// Moves the batch into the shared series.
+    fn publish(&mut self) {
+        let b = std::mem::take(&mut self.batch);
+        if let Some(gm) = &self.gmon {
+            gm.creation.inc_by(b.created);
+            gm.exit.inc_by(b.exited);
+            gm.uptime.add_all(&b.uptime, b.sum_ns);
+        }
+    }
 }
 
 /// Feeds the gmon families, caching each site's series handles so the hot
@@ -30,6 +58,10 @@ struct SiteSeries {
 pub struct PromSink {
     metrics: Arc<Metrics>,
     sites: FxHashMap<u64, SiteSeries>,
+    /// Sites with a batch to publish.
+    batched: Vec<u64>,
+    /// gmon's bucket bounds in whole ns ("<= floor(b)" is "<= b").
+    bounds_ns: [u64; GMON_BUCKETS.len()],
 }
 
 impl PromSink {
@@ -37,48 +69,78 @@ impl PromSink {
         PromSink {
             metrics,
             sites: FxHashMap::default(),
+            batched: Vec::new(),
+            bounds_ns: GMON_BUCKETS.map(|b| (b * 1e9).floor() as u64),
         }
     }
 
-    fn series(&mut self, site: &Site) -> &SiteSeries {
-        let m = &self.metrics;
-        self.sites.entry(site.id).or_insert_with(|| {
-            let mut labels: Vec<&str> = stack_labels(&site.stack).to_vec();
-            let pid;
-            let k8s;
-            if m.node {
-                let p = site.proc.as_deref();
-                pid = p.map(|p| p.pid.to_string()).unwrap_or_default();
-                labels.push(&pid);
-                labels.push(p.map(|p| p.binary.as_str()).unwrap_or(""));
-                labels.push(p.and_then(|p| p.container_id.as_deref()).unwrap_or(""));
-                labels.push(p.and_then(|p| p.pod_uid.as_deref()).unwrap_or(""));
-                k8s = p
-                    .and_then(|p| p.k8s.as_ref())
-                    .map(|k| k.attributes())
-                    .unwrap_or_default();
-                for key in &m.k8s_keys {
-                    let v = k8s.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-                    labels.push(v.unwrap_or(""));
-                }
+    /// Publishes what the sites counted one goroutine at a time since the
+    /// last call (the pipeline calls it after each drain).
+    pub fn publish(&mut self) {
+        for id in self.batched.drain(..) {
+            if let Some(s) = self.sites.get_mut(&id) {
+                s.publish();
             }
-            SiteSeries {
-                gmon: in_gmon_families(m, site).then(|| Gmon {
-                    creation: m.creation.with_label_values(&labels),
-                    exit: m.exit.with_label_values(&labels),
-                    uptime: m.uptime.with_label_values(&labels),
-                }),
-                seen_at_attach: site
-                    .seen_at_attach
-                    .then(|| m.seen_at_attach.with_label_values(&labels)),
-                live: m.live.with_label_values(&labels),
-                oldest_age: m.oldest_age.with_label_values(&labels),
-                labels: m
-                    .node
-                    .then(|| labels.iter().map(|l| l.to_string()).collect()),
-            }
-        })
+        }
     }
+
+    /// The site's series, noted for `publish`: its batch is to grow.
+    fn batching(&mut self, site: &Site) -> &mut SiteSeries {
+        let s = series(&mut self.sites, &self.metrics, site);
+        if s.batch.created == 0 && s.batch.exited == 0 {
+            self.batched.push(site.id);
+        }
+        s
+    }
+
+    fn series(&mut self, site: &Site) -> &mut SiteSeries {
+        series(&mut self.sites, &self.metrics, site)
+    }
+}
+
+/// The site's series, made the first time.
+fn series<'a>(
+    sites: &'a mut FxHashMap<u64, SiteSeries>,
+    m: &Metrics,
+    site: &Site,
+) -> &'a mut SiteSeries {
+    sites.entry(site.id).or_insert_with(|| {
+        let mut labels: Vec<&str> = stack_labels(&site.stack).to_vec();
+        let pid;
+        let k8s;
+        if m.node {
+            let p = site.proc.as_deref();
+            pid = p.map(|p| p.pid.to_string()).unwrap_or_default();
+            labels.push(&pid);
+            labels.push(p.map(|p| p.binary.as_str()).unwrap_or(""));
+            labels.push(p.and_then(|p| p.container_id.as_deref()).unwrap_or(""));
+            labels.push(p.and_then(|p| p.pod_uid.as_deref()).unwrap_or(""));
+            k8s = p
+                .and_then(|p| p.k8s.as_ref())
+                .map(|k| k.attributes())
+                .unwrap_or_default();
+            for key in &m.k8s_keys {
+                let v = k8s.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+                labels.push(v.unwrap_or(""));
+            }
+        }
+        SiteSeries {
+            gmon: in_gmon_families(m, site).then(|| Gmon {
+                creation: m.creation.with_label_values(&labels),
+                exit: m.exit.with_label_values(&labels),
+                uptime: m.uptime.with_label_values(&labels),
+            }),
+            seen_at_attach: site
+                .seen_at_attach
+                .then(|| m.seen_at_attach.with_label_values(&labels)),
+            live: m.live.with_label_values(&labels),
+            oldest_age: m.oldest_age.with_label_values(&labels),
+            labels: m
+                .node
+                .then(|| labels.iter().map(|l| l.to_string()).collect()),
+            batch: Batch::default(),
+        }
+    })
 }
 
 /// Standalone mode (the gmon drop-in) keeps gmon's three families exactly
@@ -92,20 +154,20 @@ fn in_gmon_families(m: &Metrics, site: &Site) -> bool {
 
 impl Sink for PromSink {
     fn created(&mut self, g: &Goroutine) {
-        let s = self.series(&g.site);
-        if let Some(gm) = &s.gmon {
-            gm.creation.inc();
-        }
+        let s = self.batching(&g.site);
+        s.batch.created += 1;
         if let Some(c) = &s.seen_at_attach {
             c.inc();
         }
     }
 
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
-        if let Some(gm) = &self.series(&g.site).gmon {
-            gm.exit.inc();
-            gm.uptime.observe_ns(exited_ns.saturating_sub(g.created_ns));
-        }
+        let ns = exited_ns.saturating_sub(g.created_ns);
+        let i = self.bounds_ns.partition_point(|&b| b < ns);
+        let b = &mut self.batching(&g.site).batch;
+        b.exited += 1;
+        b.uptime[i] += 1;
+        b.sum_ns += ns;
     }
 
     fn counted(&mut self, site: &Site, _pid: u32, d: &SiteDelta) {
@@ -157,9 +219,10 @@ impl Sink for PromSink {
         // from the sites left. Node mode: the series name the exited
         // process, so they go with it, or they would pile up with every
         // process ever seen.
-        let Some(s) = self.sites.remove(&site_id) else {
+        let Some(mut s) = self.sites.remove(&site_id) else {
             return;
         };
+        s.publish();
         let Some(labels) = s.labels else {
             s.live.set(0);
             s.oldest_age.set(0.0);
