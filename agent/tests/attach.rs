@@ -3,6 +3,7 @@
 
 use e2e::{Proc, fixture, loaded_bpf_programs, piped, require_root, wait_for};
 use gmon_agent::{
+    gobin::Frame,
     gobin::GoBinary,
     model::{Goroutine, Sink, Tracker},
     probes::{Maps, Probes, SiteClass, SitePolicy},
@@ -18,18 +19,50 @@ use std::{
 // Tests in this file share the kernel's probe state: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// A goroutine as the tracker handed it on, with the parts of its site
+/// the tests check.
+struct Seen {
+    pid: u32,
+    goid: u64,
+    parent_goid: u64,
+    created_ns: u64,
+    site: SeenSite,
+}
+
+struct SeenSite {
+    stack: Vec<Frame>,
+    creator: Option<Frame>,
+    start: Option<Frame>,
+}
+
+impl Seen {
+    fn of(g: &Goroutine) -> Self {
+        Seen {
+            pid: g.pid,
+            goid: g.goid,
+            parent_goid: g.parent_goid,
+            created_ns: g.created_ns,
+            site: SeenSite {
+                stack: g.site.stack.clone(),
+                creator: g.site.creator.clone(),
+                start: g.site.start.clone(),
+            },
+        }
+    }
+}
+
 #[derive(Default)]
 struct Recorder {
-    created: Vec<Goroutine>,
-    exited: Vec<(Goroutine, u64)>,
+    created: Vec<Seen>,
+    exited: Vec<(Seen, u64)>,
 }
 
 impl Sink for Recorder {
     fn created(&mut self, g: &Goroutine) {
-        self.created.push(g.clone());
+        self.created.push(Seen::of(g));
     }
     fn exited(&mut self, g: &Goroutine, at: u64) {
-        self.exited.push((g.clone(), at));
+        self.exited.push((Seen::of(g), at));
     }
 }
 
@@ -135,7 +168,7 @@ fn every_goroutine_is_seen_once_created_and_once_exited_with_its_site() {
 /// Every goroutine the spawner reported was created and exited exactly once,
 /// with the right start function, creator and a symbolized stack.
 fn check_seen(reported: &[(String, u64)], rec: &Recorder, tracker: &Tracker) {
-    let mut created: HashMap<u64, &Goroutine> = HashMap::new();
+    let mut created: HashMap<u64, &Seen> = HashMap::new();
     for g in &rec.created {
         assert!(
             created.insert(g.goid, g).is_none(),

@@ -227,14 +227,11 @@ impl<W: Write> Sink for GmonLog<W> {
                 Level::Info,
                 "goroutine is created",
             );
+            head.push_str(" goroutine_id=");
             let start = ms * 1_000_000 - self.clock.offset_ns;
             let k = |ns: i128| ns.clamp(0, u64::MAX as i128) as u64;
             self.created_head.0 = k(start)..k(start + 1_000_000);
         }
-        self.line.clear();
-        self.line.push_str(&self.created_head.1);
-        self.line.push_str(" goroutine_id=");
-        self.line.push_str(itoa::Buffer::new().format(g.goid));
         let stack = self.stacks.entry(g.site.id).or_insert_with(|| {
             let mut s = String::new();
             for (i, f) in g.site.stack.iter().enumerate() {
@@ -242,10 +239,20 @@ impl<W: Write> Sink for GmonLog<W> {
                 write_value(&mut s, &f.function);
             }
             write_proc(&mut s, g);
+            s.push('\n');
             s
         });
-        self.line.push_str(stack);
-        self.finish();
+        // Straight into the writer's buffer: the parts are cached, only
+        // the id is new.
+        let mut goid = itoa::Buffer::new();
+        let parts = [
+            self.created_head.1.as_bytes(),
+            goid.format(g.goid).as_bytes(),
+            stack.as_bytes(),
+        ];
+        if parts.iter().any(|p| self.out.write_all(p).is_err()) {
+            self.write_errors += 1;
+        }
     }
 
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
@@ -317,7 +324,6 @@ fn write_head(out: &mut String, t: OffsetDateTime, level: Level, msg: &str) {
 mod tests {
     use super::*;
     use crate::{gobin::Frame, model::Site};
-    use std::sync::Arc;
 
     fn frame(f: &str) -> Frame {
         Frame {
@@ -327,14 +333,15 @@ mod tests {
         }
     }
 
-    fn goroutine() -> Goroutine {
+    fn goroutine() -> Goroutine<'static> {
         Goroutine {
             pid: 7,
             goid: 22,
             parent_goid: 1,
             // 2024-03-20T05:10:57.752Z
             created_ns: 1_710_911_457_752_000_000,
-            site: Arc::new(Site {
+            // Leaked: a test's sites live as long as it does.
+            site: Box::leak(Box::new(Site {
                 id: 1,
                 stack: vec![
                     frame("runtime.newproc1"),
@@ -346,7 +353,7 @@ mod tests {
                 proc: None,
                 seen_at_attach: false,
                 counts: Default::default(),
-            }),
+            })),
         }
     }
 

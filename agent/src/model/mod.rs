@@ -112,16 +112,55 @@ pub fn attach_created(walked_ns: u64, waitsince: u64) -> u64 {
     }
 }
 
-/// A goroutine being tracked.
-#[derive(Debug, Clone)]
-pub struct Goroutine {
+/// A goroutine being tracked, as the sinks see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Goroutine<'a> {
     pub pid: u32,
     pub goid: u64,
     pub parent_goid: u64,
     /// Kernel monotonic time of creation, in ns.
     pub created_ns: u64,
-    pub site: Arc<Site>,
+    pub site: &'a Site,
 }
+
+/// A goroutine in the live table. Its site is an index into its process's
+/// sites: no reference count to touch per goroutine (a locked add and a
+/// locked subtract were a tenth of the event path).
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    parent_goid: u64,
+    created_ns: u64,
+    site: u32,
+}
+
+/// What the kernel tells sites apart by: stack key, gopc, startpc.
+type SiteKey = (u64, u64, u64);
+
+/// Hashes goroutine ids keeping their order in the table's low bits:
+/// goids are handed out in sequence, so goroutines created together sit
+/// together and a burst's inserts and removals stay in a few cache lines
+/// (spread at random, each one missed). The top bits, hashbrown's tag,
+/// are mixed.
+#[derive(Default, Clone, Copy)]
+struct GoidHasher(u64);
+
+impl std::hash::Hasher for GoidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).rotate_left(5);
+        }
+    }
+    fn write_u64(&mut self, goid: u64) {
+        self.0 = goid;
+    }
+    fn finish(&self) -> u64 {
+        const LOW: u64 = (1 << 57) - 1;
+        (self.0 & LOW) | (self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) & !LOW)
+    }
+}
+
+/// Maps keyed by goroutine id.
+type GoidMap<V> = std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<GoidHasher>>;
 
 /// What a site's kernel totals grew by since they were last read
 /// (aggregate mode, where no event per goroutine reaches user space).
@@ -211,12 +250,28 @@ struct Proc {
     found_dead: bool,
     key: Option<ProcessKey>,
     bias: Option<u64>,
-    live: HashMap<u64, Goroutine>,
-    sites: HashMap<(u64, u64, u64), Arc<Site>>,
-    /// Sites made under earlier labels: their goroutines still exit
-    /// through them, so they are released only with the process.
-    retired: Vec<((u64, u64, u64), Arc<Site>)>,
+    live: GoidMap<Live>,
+    /// Every site made for the process, by index. Those made under earlier
+    /// labels stay: their goroutines still exit through them, so they are
+    /// released only with the process.
+    sites: Vec<(SiteKey, Arc<Site>)>,
+    /// The sites of the current labels.
+    by_key: HashMap<SiteKey, u32>,
+    /// The last site looked up (most creations repeat it).
+    last: Option<(SiteKey, u32)>,
     pending: Option<Pending>,
+}
+
+impl Proc {
+    fn goroutine(&self, pid: u32, goid: u64, g: Live) -> Goroutine<'_> {
+        Goroutine {
+            pid,
+            goid,
+            parent_goid: g.parent_goid,
+            created_ns: g.created_ns,
+            site: &self.sites[g.site as usize].1,
+        }
+    }
 }
 
 static NEXT_SITE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -261,8 +316,8 @@ impl Tracker {
         if p.labels.as_ref().is_some_and(|l| **l == *labels) {
             return;
         }
-        let old = std::mem::take(&mut p.sites);
-        p.retired.extend(old);
+        p.by_key.clear();
+        p.last = None;
         p.labels = Some(labels);
     }
 
@@ -308,9 +363,10 @@ impl Tracker {
                 found_dead: false,
                 key: ProcessKey::of(pid),
                 bias,
-                live: HashMap::default(),
-                sites: HashMap::default(),
-                retired: Vec::new(),
+                live: GoidMap::default(),
+                sites: Vec::new(),
+                by_key: HashMap::default(),
+                last: None,
                 pending: None,
             }
         })
@@ -356,25 +412,20 @@ impl Tracker {
                 if w.created.contains(&g.goid) || self.procs[&pid].live.contains_key(&g.goid) {
                     continue;
                 }
-                let site = self.site(pid, (SEEN_AT_ATTACH, g.gopc, g.startpc), stacks);
-                let live = Goroutine {
-                    pid,
-                    goid: g.goid,
+                let site = self.site_index(pid, (SEEN_AT_ATTACH, g.gopc, g.startpc), stacks);
+                let live = Live {
                     parent_goid: 0,
                     created_ns: attach_created(w.walked_ns, g.waitsince),
                     site,
                 };
-                sink.created(&live);
+                let p = self.procs.get_mut(&pid).expect("walked");
+                sink.created(&p.goroutine(pid, g.goid, live));
                 self.stats.seen_at_attach += 1;
                 match w.exited.remove(&g.goid) {
                     // Alive at attach, exited since.
-                    Some(exited_ns) => sink.exited(&live, exited_ns),
+                    Some(exited_ns) => sink.exited(&p.goroutine(pid, g.goid, live), exited_ns),
                     None => {
-                        self.procs
-                            .get_mut(&pid)
-                            .expect("walked")
-                            .live
-                            .insert(g.goid, live);
+                        p.live.insert(g.goid, live);
                     }
                 }
             }
@@ -386,46 +437,59 @@ impl Tracker {
     /// Every site of every process, with its live goroutines and the
     /// creation time of its oldest (one pass over the live table).
     pub fn live_sites(&self, out: &mut Vec<SiteLive>) {
-        let mut by_site: HashMap<u64, (u64, u64)> = HashMap::default();
+        let mut by_site: Vec<(u64, u64)> = Vec::new();
         for (&pid, p) in &self.procs {
             by_site.clear();
+            by_site.resize(p.sites.len(), (0, u64::MAX));
             for g in p.live.values() {
-                let e = by_site.entry(g.site.id).or_insert((0, u64::MAX));
+                let e = &mut by_site[g.site as usize];
                 e.0 += 1;
                 e.1 = e.1.min(g.created_ns);
             }
-            let sites = p.sites.values().chain(p.retired.iter().map(|(_, s)| s));
-            out.extend(sites.map(|site| {
-                let (live, oldest) = by_site.get(&site.id).copied().unwrap_or((0, u64::MAX));
-                SiteLive {
-                    site: site.clone(),
-                    pid,
-                    live,
-                    oldest_ns: (live > 0).then_some(oldest),
-                }
-            }));
+            out.extend(
+                p.sites
+                    .iter()
+                    .zip(&by_site)
+                    .map(|((_, site), &(live, oldest))| SiteLive {
+                        site: site.clone(),
+                        pid,
+                        live,
+                        oldest_ns: (live > 0).then_some(oldest),
+                    }),
+            );
         }
     }
 
     /// The site of goroutines created in `pid` with this stack key, gopc
     /// and startpc: symbolized the first time, then cached.
-    pub fn site(
-        &mut self,
-        pid: u32,
-        (stack, gopc, startpc): (u64, u64, u64),
-        stacks: &mut dyn StackSource,
-    ) -> Arc<Site> {
+    pub fn site(&mut self, pid: u32, key: SiteKey, stacks: &mut dyn StackSource) -> Arc<Site> {
+        let i = self.site_index(pid, key, stacks);
+        self.proc(pid).sites[i as usize].1.clone()
+    }
+
+    /// `site`, as its index in the process's sites.
+    fn site_index(&mut self, pid: u32, key: SiteKey, stacks: &mut dyn StackSource) -> u32 {
         // Common case: a known site, one process lookup. A new site is
         // resolved first (that needs &mut self), then cached.
-        let site_key = (stack, gopc, startpc);
-        match self.proc(pid).sites.get(&site_key) {
-            Some(s) => s.clone(),
-            None => {
-                let s = Arc::new(self.resolve_site(pid, site_key, stacks));
-                self.proc(pid).sites.insert(site_key, s.clone());
-                s
-            }
+        let p = self.proc(pid);
+        if let Some((k, i)) = p.last
+            && k == key
+        {
+            return i;
         }
+        let i = match p.by_key.get(&key) {
+            Some(&i) => i,
+            None => {
+                let s = Arc::new(self.resolve_site(pid, key, stacks));
+                let p = self.proc(pid);
+                let i = p.sites.len() as u32;
+                p.sites.push((key, s));
+                p.by_key.insert(key, i);
+                i
+            }
+        };
+        self.proc(pid).last = Some((key, i));
+        i
     }
 
     fn on_create(
@@ -434,16 +498,14 @@ impl Tracker {
         stacks: &mut dyn StackSource,
         sink: &mut dyn Sink,
     ) {
-        let site = self.site(ev.pid, (ev.stack, ev.gopc, ev.startpc), stacks);
-        let g = Goroutine {
-            pid: ev.pid,
-            goid: ev.goid,
+        let site = self.site_index(ev.pid, (ev.stack, ev.gopc, ev.startpc), stacks);
+        let g = Live {
             parent_goid: ev.parent_goid,
             created_ns: ev.ktime_ns,
             site,
         };
-        sink.created(&g);
         let p = self.procs.get_mut(&ev.pid).expect("inserted above");
+        sink.created(&p.goroutine(ev.pid, ev.goid, g));
         if let Some(w) = &mut p.pending {
             w.created.insert(ev.goid);
         }
@@ -453,15 +515,15 @@ impl Tracker {
     }
 
     fn on_exit(&mut self, ev: &GoroutineEvent, sink: &mut dyn Sink) {
-        let removed = self
-            .procs
-            .get_mut(&ev.pid)
-            .and_then(|p| p.live.remove(&ev.goid));
-        match removed {
-            Some(g) => sink.exited(&g, ev.ktime_ns),
+        let Some(p) = self.procs.get_mut(&ev.pid) else {
+            self.stats.untracked_exits += 1;
+            return;
+        };
+        match p.live.remove(&ev.goid) {
+            Some(g) => sink.exited(&p.goroutine(ev.pid, ev.goid, g), ev.ktime_ns),
             // Until its process's walk settles, it may be one the walk
             // found: decided then.
-            None => match self.procs.get_mut(&ev.pid).and_then(|p| p.pending.as_mut()) {
+            None => match &mut p.pending {
                 Some(w) => {
                     w.exited.insert(ev.goid, ev.ktime_ns);
                 }
@@ -587,10 +649,48 @@ impl Site {
 /// Releases what a departed process's sites hold outside the tracker.
 fn release_sites(p: &Proc, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
     let mut forgotten = std::collections::HashSet::new();
-    for ((stack, _, _), site) in p.sites.iter().chain(p.retired.iter().map(|(k, s)| (k, s))) {
+    for ((stack, _, _), site) in &p.sites {
         if *stack != NO_STACK && *stack != SEEN_AT_ATTACH && forgotten.insert(*stack) {
             stacks.forget(*stack);
         }
         sink.site_gone(site.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::{BuildHasher, Hasher};
+
+    #[test]
+    fn goid_hash_keeps_order_in_the_low_bits_and_mixes_the_tag() {
+        let h = |goid: u64| std::hash::BuildHasherDefault::<GoidHasher>::default().hash_one(goid);
+        const LOW: u64 = (1 << 57) - 1;
+        // Consecutive ids: consecutive buckets.
+        for goid in [1u64, 1000, 1 << 40] {
+            assert_eq!(h(goid + 1) & LOW, (h(goid) & LOW) + 1);
+        }
+        // Tags (hashbrown's top 7 bits) vary among neighbours.
+        let tags: rustc_hash::FxHashSet<u64> = (1..=64u64).map(|g| h(g) >> 57).collect();
+        assert!(tags.len() > 32, "{} distinct tags", tags.len());
+        // Other keys still hash through `write`.
+        let mut a = GoidHasher::default();
+        a.write(b"ab");
+        let mut b = GoidHasher::default();
+        b.write(b"ba");
+        assert_ne!(a.finish(), b.finish());
+    }
+
+    #[test]
+    fn goid_map_holds_what_is_put_in() {
+        let mut m: GoidMap<u64> = GoidMap::default();
+        for g in 1..=10_000u64 {
+            m.insert(g * 3, g);
+        }
+        for g in (1..=10_000u64).step_by(2) {
+            assert_eq!(m.remove(&(g * 3)), Some(g));
+        }
+        assert_eq!(m.len(), 5_000);
+        assert!((2..=10_000u64).step_by(2).all(|g| m[&(g * 3)] == g));
     }
 }

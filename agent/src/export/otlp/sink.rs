@@ -212,7 +212,7 @@ fn stack_text(stack: &[crate::gobin::Frame]) -> String {
 
 impl Sink for OtlpSink {
     fn created(&mut self, g: &Goroutine) {
-        let a = self.attrs(&g.site, g.pid);
+        let a = self.attrs(g.site, g.pid);
         self.created.add(1, &a);
         self.live.add(1, &a);
         if g.site.seen_at_attach {
@@ -241,7 +241,7 @@ impl Sink for OtlpSink {
     }
 
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
-        let a = self.attrs(&g.site, g.pid);
+        let a = self.attrs(g.site, g.pid);
         self.exited.add(1, &a);
         self.live.add(-1, &a);
         self.lifetime

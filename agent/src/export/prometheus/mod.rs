@@ -620,13 +620,14 @@ mod tests {
     use crate::model::{Goroutine, Sink};
     use crate::{gobin::Frame, model::Site};
 
-    fn goroutine(stack: &[&str], created_ns: u64) -> Goroutine {
+    fn goroutine(stack: &[&str], created_ns: u64) -> Goroutine<'static> {
         Goroutine {
             pid: 1,
             goid: 5,
             parent_goid: 1,
             created_ns,
-            site: Arc::new(Site {
+            // Leaked: a test's sites live as long as it does.
+            site: Box::leak(Box::new(Site {
                 id: 3,
                 stack: stack
                     .iter()
@@ -641,7 +642,7 @@ mod tests {
                 proc: None,
                 seen_at_attach: false,
                 counts: Default::default(),
-            }),
+            })),
         }
     }
 

@@ -154,7 +154,7 @@ fn in_gmon_families(m: &Metrics, site: &Site) -> bool {
 
 impl Sink for PromSink {
     fn created(&mut self, g: &Goroutine) {
-        let s = self.batching(&g.site);
+        let s = self.batching(g.site);
         s.batch.created += 1;
         if let Some(c) = &s.seen_at_attach {
             c.inc();
@@ -164,7 +164,7 @@ impl Sink for PromSink {
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
         let ns = exited_ns.saturating_sub(g.created_ns);
         let i = self.bounds_ns.partition_point(|&b| b < ns);
-        let b = &mut self.batching(&g.site).batch;
+        let b = &mut self.batching(g.site).batch;
         b.exited += 1;
         b.uptime[i] += 1;
         b.sum_ns += ns;
