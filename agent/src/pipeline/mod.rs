@@ -340,9 +340,12 @@ impl Pipeline {
                 let span = tracing::trace_span!("drain", events = tracing::field::Empty).entered();
                 self.drains += 1;
                 let mut created = 0;
+                // Processes are only added while draining: where a pid was
+                // placed holds for the rest of the drain.
+                let mut last = None;
                 let (n, malformed) = events.drain(stopping, |ev| {
                     created += usize::from(ev.kind == EVENT_CREATE);
-                    self.on_event(ev, &mut stacks)
+                    self.on_event(ev, &mut last, &mut stacks)
                 });
                 span.record("events", n);
                 self.metrics.received(created as u64, (n - created) as u64);
@@ -384,10 +387,23 @@ impl Pipeline {
         }
     }
 
-    /// The hot path: one lookup for the process, one for its binary.
-    fn on_event(&mut self, ev: &GoroutineEvent, stacks: &mut probes::KernelStacks) {
-        let id = match self.place(ev.pid, stacks) {
-            Placed::Tracked(id) => id,
+    /// The hot path: one lookup for the process (none if it is `last`'s),
+    /// one for its binary.
+    fn on_event(
+        &mut self,
+        ev: &GoroutineEvent,
+        last: &mut Option<(u32, BinaryId)>,
+        stacks: &mut probes::KernelStacks,
+    ) {
+        let placed = match *last {
+            Some((pid, id)) if pid == ev.pid => Placed::Tracked(id),
+            _ => self.place(ev.pid, stacks),
+        };
+        let id = match placed {
+            Placed::Tracked(id) => {
+                *last = Some((ev.pid, id));
+                id
+            }
             Placed::Ignored => {
                 self.metrics.discovery.ignored_process_events.inc();
                 return;
