@@ -6,6 +6,12 @@ use super::{Site, SiteDelta};
 use agent_common::{Bucket, LIFETIME_BUCKETS, LifetimeBounds, SiteKey, SiteLifetimes, SiteTotals};
 use std::sync::Arc;
 
+/// A bucket bound of `secs` seconds in ns: lifetimes are whole ns, so
+/// "<= floor(b)" is "<= b".
+pub fn bound_ns(secs: f64) -> u64 {
+    (secs * 1e9).floor() as u64
+}
+
 /// The kernel's bucket bounds: the union of the exporters' bounds (in
 /// seconds), in ns. Fails if there are more than the kernel holds.
 pub fn lifetime_bounds(sets: &[&[f64]]) -> Result<LifetimeBounds, usize> {
@@ -13,8 +19,7 @@ pub fn lifetime_bounds(sets: &[&[f64]]) -> Result<LifetimeBounds, usize> {
         .iter()
         .flat_map(|s| s.iter())
         .filter(|b| b.is_finite() && **b > 0.0)
-        // Lifetimes are whole ns: "<= floor(b)" is "<= b".
-        .map(|b| (b * 1e9).floor() as u64)
+        .map(|&b| bound_ns(b))
         .collect();
     ns.sort_unstable();
     ns.dedup();

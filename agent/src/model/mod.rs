@@ -477,18 +477,16 @@ impl Tracker {
         {
             return i;
         }
-        let i = match p.by_key.get(&key) {
-            Some(&i) => i,
-            None => {
-                let s = Arc::new(self.resolve_site(pid, key, stacks));
-                let p = self.proc(pid);
-                let i = p.sites.len() as u32;
-                p.sites.push((key, s));
-                p.by_key.insert(key, i);
-                i
-            }
-        };
-        self.proc(pid).last = Some((key, i));
+        if let Some(&i) = p.by_key.get(&key) {
+            p.last = Some((key, i));
+            return i;
+        }
+        let s = Arc::new(self.resolve_site(pid, key, stacks));
+        let p = self.proc(pid);
+        let i = p.sites.len() as u32;
+        p.sites.push((key, s));
+        p.by_key.insert(key, i);
+        p.last = Some((key, i));
         i
     }
 

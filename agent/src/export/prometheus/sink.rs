@@ -6,7 +6,7 @@
 //! atomics shared with the scrape, four locked adds per goroutine.
 
 use super::{GMON_BUCKETS, Metrics, histogram::BulkHistogram};
-use crate::model::{Goroutine, Sink, Site, SiteDelta, SiteLive, stack_labels};
+use crate::model::{Goroutine, Sink, Site, SiteDelta, SiteLive, aggregate::bound_ns, stack_labels};
 use prometheus::{Gauge, IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ pub struct PromSink {
     sites: FxHashMap<u64, SiteSeries>,
     /// Sites with a batch to publish.
     batched: Vec<u64>,
-    /// gmon's bucket bounds in whole ns ("<= floor(b)" is "<= b").
+    /// gmon's bucket bounds in ns.
     bounds_ns: [u64; GMON_BUCKETS.len()],
 }
 
@@ -70,7 +70,7 @@ impl PromSink {
             metrics,
             sites: FxHashMap::default(),
             batched: Vec::new(),
-            bounds_ns: GMON_BUCKETS.map(|b| (b * 1e9).floor() as u64),
+            bounds_ns: GMON_BUCKETS.map(bound_ns),
         }
     }
 
