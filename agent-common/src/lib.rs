@@ -3,9 +3,9 @@
 //! sides agree on the layout byte for byte.
 #![no_std]
 
-/// `GoroutineEvent::kind` for a goroutine seen at the RET of runtime.newproc1.
+/// `GoroutineEvent::kind` for a goroutine seen created in runtime.newproc1.
 pub const EVENT_CREATE: u32 = 1;
-/// `GoroutineEvent::kind` for a goroutine seen entering runtime.goexit1.
+/// `GoroutineExit::kind` for a goroutine seen entering runtime.goexit1.
 pub const EVENT_EXIT: u32 = 2;
 
 /// `GoroutineEvent::stack` when no stack was collected (disabled or failed).
@@ -18,21 +18,23 @@ pub const NO_STACK: u64 = 0;
 /// odd, so it never produces this one.
 pub const SEEN_AT_ATTACH: u64 = 2;
 
-/// One goroutine creation or exit, written by the kernel into the ring buffer.
+/// One goroutine creation, written by the kernel into the ring buffer.
+/// An exit is the shorter `GoroutineExit`, this record's first fields:
+/// half the ring space, and half the cache lines user space reads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoroutineEvent {
-    /// `EVENT_CREATE` or `EVENT_EXIT`.
+    /// `EVENT_CREATE` (`EVENT_EXIT` for an exit read into this shape).
     pub kind: u32,
     /// Thread group id (the process id user space sees).
     pub pid: u32,
     /// bpf_ktime_get_ns() (CLOCK_MONOTONIC) at the probe.
     pub ktime_ns: u64,
+    /// runtime.g.goid of the created or exiting goroutine.
+    pub goid: u64,
     /// Key in the `STACKS` map of the creating user stack (a hash of the
     /// process id and the PCs), or `NO_STACK`.
     pub stack: u64,
-    /// runtime.g.goid of the created or exiting goroutine.
-    pub goid: u64,
     /// runtime.g.parentGoid: the goroutine that executed the `go` statement.
     pub parent_goid: u64,
     /// runtime.g.gopc: PC of the `go` statement (creation events only).
@@ -42,6 +44,40 @@ pub struct GoroutineEvent {
 }
 // With the ring's 8-byte header, a record fills one cache line exactly.
 const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 56);
+
+/// One goroutine exit in the ring buffer: `GoroutineEvent`'s first fields,
+/// so a reader tells the two apart by `kind` alone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineExit {
+    /// `EVENT_EXIT`.
+    pub kind: u32,
+    pub pid: u32,
+    pub ktime_ns: u64,
+    pub goid: u64,
+}
+// 32 bytes with the ring's header: two exits per cache line.
+const _: () = assert!(core::mem::size_of::<GoroutineExit>() == 24);
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(GoroutineExit, kind) == offset_of!(GoroutineEvent, kind));
+    assert!(offset_of!(GoroutineExit, pid) == offset_of!(GoroutineEvent, pid));
+    assert!(offset_of!(GoroutineExit, ktime_ns) == offset_of!(GoroutineEvent, ktime_ns));
+    assert!(offset_of!(GoroutineExit, goid) == offset_of!(GoroutineEvent, goid));
+};
+
+impl GoroutineExit {
+    /// The exit in the shape of a creation record (the creation fields 0).
+    pub fn widen(&self) -> GoroutineEvent {
+        GoroutineEvent {
+            kind: self.kind,
+            pid: self.pid,
+            ktime_ns: self.ktime_ns,
+            goid: self.goid,
+            ..Default::default()
+        }
+    }
+}
 
 /// A creating user stack, stored once per distinct stack in the `STACKS`
 /// hash map under `GoroutineEvent::stack`.

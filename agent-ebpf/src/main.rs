@@ -31,9 +31,9 @@
 #![feature(core_intrinsics)]
 
 use agent_common::{
-    EVENT_CREATE, EVENT_EXIT, EVENT_RINGS, G_WINDOW, GOffsets, GoroutineEvent, LIFETIME_BUCKETS,
-    LIVE_BLOCK_SETS, LIVE_SETS, LIVE_SPILL_ENTRIES, LIVE_WAYS, LifetimeBounds, LiveBlock,
-    LiveGoroutine, LiveKey, LiveSet, MAX_BINARIES, MAX_SITES, MAX_STACK_DEPTH, NO_STACK,
+    EVENT_CREATE, EVENT_EXIT, EVENT_RINGS, G_WINDOW, GOffsets, GoroutineEvent, GoroutineExit,
+    LIFETIME_BUCKETS, LIVE_BLOCK_SETS, LIVE_SETS, LIVE_SPILL_ENTRIES, LIVE_WAYS, LifetimeBounds,
+    LiveBlock, LiveGoroutine, LiveKey, LiveSet, MAX_BINARIES, MAX_SITES, MAX_STACK_DEPTH, NO_STACK,
     OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
     RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES, SiteKey, SiteLifetimes,
     UserStack, counter, live_place,
@@ -256,7 +256,7 @@ fn read_user(dst: *mut u8, len: usize, src: u64) -> bool {
 /// IPI (a VM exit under virtualization) and even the check is a helper call.
 /// Between wakeups the reader drains on its own timer.
 #[inline(always)]
-fn send(ev: &GoroutineEvent, sent_counter: u32, events: &mut u64) {
+fn send<T: Copy + 'static>(ev: &T, sent_counter: u32, events: &mut u64) {
     *events += 1;
     let ring = ring();
     let flags = if *events % WAKEUP_CHECK_EVERY == 0
@@ -267,7 +267,7 @@ fn send(ev: &GoroutineEvent, sent_counter: u32, events: &mut u64) {
         BPF_RB_NO_WAKEUP
     };
     // reserve + submit is one helper call cheaper than output.
-    match ring.reserve::<GoroutineEvent>(0) {
+    match ring.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(*ev);
             entry.submit(flags as u64);
@@ -730,15 +730,11 @@ fn goexit1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
         return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let ev = GoroutineEvent {
+    let ev = GoroutineExit {
         kind: EVENT_EXIT,
         pid: (pid_tgid >> 32) as u32,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
-        stack: NO_STACK,
         goid,
-        parent_goid: 0,
-        gopc: 0,
-        startpc: 0,
     };
     send(&ev, counter::EXIT_SENT, &mut sc.events);
 }

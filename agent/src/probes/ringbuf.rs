@@ -8,7 +8,7 @@
 //! drains on a short timer.
 
 use super::{Error, mmap::Mapping};
-use agent_common::GoroutineEvent;
+use agent_common::{EVENT_CREATE, EVENT_EXIT, GoroutineEvent, GoroutineExit};
 use aya::maps::MapData;
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -195,16 +195,25 @@ impl EventReader {
         self.ends.clear();
         for r in &self.rings {
             let end = r.scan(|rec| match view(rec) {
-                Ok(ev) => order.push((ev.ktime_ns, ev as *const _ as usize)),
+                Ok(at) => order.push(at),
                 Err(Malformed) => malformed += 1,
             });
             self.ends.push(end);
         }
         let n = hand_on(order, cutoff, |addr, ready| {
-            // SAFETY: every address is of an event in `carried` or in a
-            // ring's unreleased records; neither changes before the
-            // release below.
-            let ev = unsafe { &*(addr as *const GoroutineEvent) };
+            // SAFETY: every address is of an event in `carried` or of a
+            // record in a ring not yet released, checked by `view`: an
+            // exit's first fields, and all of a creation's; neither
+            // changes before the release below.
+            let exit;
+            let ev = unsafe {
+                if (*(addr as *const GoroutineExit)).kind == EVENT_EXIT {
+                    exit = (*(addr as *const GoroutineExit)).widen();
+                    &exit
+                } else {
+                    &*(addr as *const GoroutineEvent)
+                }
+            };
             if ready {
                 f(ev);
             } else {
@@ -254,34 +263,39 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// One ring buffer entry as the event it holds.
-fn view(bytes: &[u8]) -> Result<&GoroutineEvent, Malformed> {
-    let p = bytes.as_ptr().cast::<GoroutineEvent>();
-    if bytes.len() < std::mem::size_of::<GoroutineEvent>() || !p.is_aligned() {
+/// One ring buffer entry's kernel time and address: a creation
+/// (`GoroutineEvent`) or an exit (`GoroutineExit`), told apart by kind.
+fn view(bytes: &[u8]) -> Result<(u64, usize), Malformed> {
+    let p = bytes.as_ptr().cast::<GoroutineExit>();
+    if bytes.len() < std::mem::size_of::<GoroutineExit>() || !p.is_aligned() {
         return Err(Malformed);
     }
     // SAFETY: length and alignment checked (ring records are 8-aligned);
-    // GoroutineEvent is repr(C) plain data and every bit pattern is valid.
-    let ev = unsafe { &*p };
-    match ev.kind {
-        agent_common::EVENT_CREATE | agent_common::EVENT_EXIT => Ok(ev),
-        _ => Err(Malformed),
+    // both records are repr(C) plain data and every bit pattern is valid.
+    let head = unsafe { &*p };
+    let len = match head.kind {
+        EVENT_CREATE => std::mem::size_of::<GoroutineEvent>(),
+        EVENT_EXIT => std::mem::size_of::<GoroutineExit>(),
+        _ => return Err(Malformed),
+    };
+    if bytes.len() < len {
+        return Err(Malformed);
     }
+    Ok((head.ktime_ns, p as usize))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_common::{EVENT_CREATE, EVENT_EXIT};
 
-    /// `ev`'s bytes at byte offset `at` of an 8-aligned buffer.
-    fn placed(ev: &GoroutineEvent, at: usize) -> Vec<u64> {
-        let size = std::mem::size_of::<GoroutineEvent>();
+    /// `rec`'s bytes at byte offset `at` of an 8-aligned buffer.
+    fn placed<T: Copy>(rec: &T, at: usize) -> Vec<u64> {
+        let size = std::mem::size_of::<T>();
         let mut buf = vec![0u64; (at + size).div_ceil(8)];
         // SAFETY: the buffer holds at + size bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                (ev as *const GoroutineEvent).cast::<u8>(),
+                (rec as *const T).cast::<u8>(),
                 buf.as_mut_ptr().cast::<u8>().add(at),
                 size,
             )
@@ -294,8 +308,11 @@ mod tests {
         unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>().add(at), len) }
     }
 
+    const CREATE_LEN: usize = std::mem::size_of::<GoroutineEvent>();
+    const EXIT_LEN: usize = std::mem::size_of::<GoroutineExit>();
+
     #[test]
-    fn views_aligned_events_in_place() {
+    fn views_aligned_records_in_place() {
         let ev = GoroutineEvent {
             kind: EVENT_CREATE,
             pid: 42,
@@ -306,18 +323,31 @@ mod tests {
             gopc: 0x401000,
             startpc: 0x402000,
         };
-        let size = std::mem::size_of::<GoroutineEvent>();
         let buf = placed(&ev, 8);
-        let rec = bytes(&buf, 8, size);
-        assert_eq!(view(rec), Ok(&ev));
-        assert!(std::ptr::eq(view(rec).unwrap(), rec.as_ptr().cast()));
-        let exit = GoroutineEvent {
+        let rec = bytes(&buf, 8, CREATE_LEN);
+        assert_eq!(view(rec), Ok((1_000, rec.as_ptr() as usize)));
+        let exit = GoroutineExit {
             kind: EVENT_EXIT,
-            ..ev
+            pid: 42,
+            ktime_ns: 2_000,
+            goid: 99,
         };
-        assert_eq!(view(bytes(&placed(&exit, 0), 0, size)), Ok(&exit));
+        let buf = placed(&exit, 0);
+        let rec = bytes(&buf, 0, EXIT_LEN);
+        assert_eq!(view(rec), Ok((2_000, rec.as_ptr() as usize)));
+        // Read as the creation's shape, with the creation fields zero.
+        assert_eq!(
+            exit.widen(),
+            GoroutineEvent {
+                kind: EVENT_EXIT,
+                pid: 42,
+                ktime_ns: 2_000,
+                goid: 99,
+                ..Default::default()
+            }
+        );
         // Ring records are always 8-aligned: anything else is malformed.
-        assert_eq!(view(bytes(&placed(&ev, 4), 4, size)), Err(Malformed));
+        assert_eq!(view(bytes(&placed(&ev, 4), 4, CREATE_LEN)), Err(Malformed));
     }
 
     #[test]
@@ -344,16 +374,28 @@ mod tests {
 
     #[test]
     fn rejects_short_and_unknown_entries() {
-        let size = std::mem::size_of::<GoroutineEvent>();
         let ev = GoroutineEvent {
             kind: EVENT_CREATE,
             ..Default::default()
         };
-        assert_eq!(view(bytes(&placed(&ev, 0), 0, size - 8)), Err(Malformed));
+        // A creation as long as an exit is cut short.
+        assert_eq!(view(bytes(&placed(&ev, 0), 0, EXIT_LEN)), Err(Malformed));
+        assert_eq!(
+            view(bytes(&placed(&ev, 0), 0, CREATE_LEN - 8)),
+            Err(Malformed)
+        );
+        let exit = GoroutineExit {
+            kind: EVENT_EXIT,
+            ..Default::default()
+        };
+        assert_eq!(
+            view(bytes(&placed(&exit, 0), 0, EXIT_LEN - 8)),
+            Err(Malformed)
+        );
         let ev = GoroutineEvent {
             kind: 9,
             ..Default::default()
         };
-        assert_eq!(view(bytes(&placed(&ev, 0), 0, size)), Err(Malformed));
+        assert_eq!(view(bytes(&placed(&ev, 0), 0, CREATE_LEN)), Err(Malformed));
     }
 }
