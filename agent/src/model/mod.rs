@@ -8,8 +8,10 @@
 
 pub mod aggregate;
 mod labels;
+mod live;
 
 pub use labels::{STACK_LABELS, stack_labels};
+use live::LiveTable;
 
 use crate::{
     discover::{self, ProcessKey},
@@ -126,7 +128,7 @@ pub struct Goroutine<'a> {
 /// A goroutine in the live table. Its site is an index into its process's
 /// sites: no reference count to touch per goroutine (a locked add and a
 /// locked subtract were a tenth of the event path).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Live {
     parent_goid: u64,
     created_ns: u64,
@@ -135,32 +137,6 @@ struct Live {
 
 /// What the kernel tells sites apart by: stack key, gopc, startpc.
 type SiteKey = (u64, u64, u64);
-
-/// Hashes goroutine ids keeping their order in the table's low bits:
-/// goids are handed out in sequence, so goroutines created together sit
-/// together and a burst's inserts and removals stay in a few cache lines
-/// (spread at random, each one missed). The top bits, hashbrown's tag,
-/// are mixed.
-#[derive(Default, Clone, Copy)]
-struct GoidHasher(u64);
-
-impl std::hash::Hasher for GoidHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).rotate_left(5);
-        }
-    }
-    fn write_u64(&mut self, goid: u64) {
-        self.0 = goid;
-    }
-    fn finish(&self) -> u64 {
-        const LOW: u64 = (1 << 57) - 1;
-        (self.0 & LOW) | (self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) & !LOW)
-    }
-}
-
-/// Maps keyed by goroutine id.
-type GoidMap<V> = std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<GoidHasher>>;
 
 /// What a site's kernel totals grew by since they were last read
 /// (aggregate mode, where no event per goroutine reaches user space).
@@ -250,7 +226,7 @@ struct Proc {
     found_dead: bool,
     key: Option<ProcessKey>,
     bias: Option<u64>,
-    live: GoidMap<Live>,
+    live: LiveTable<Live>,
     /// Every site made for the process, by index. Those made under earlier
     /// labels stay: their goroutines still exit through them, so they are
     /// released only with the process.
@@ -363,7 +339,7 @@ impl Tracker {
                 found_dead: false,
                 key: ProcessKey::of(pid),
                 bias,
-                live: GoidMap::default(),
+                live: LiveTable::default(),
                 sites: Vec::new(),
                 by_key: HashMap::default(),
                 last: None,
@@ -409,7 +385,7 @@ impl Tracker {
             let mut w = self.proc(pid).pending.take().expect("due");
             self.unsettled -= 1;
             for g in &w.gs {
-                if w.created.contains(&g.goid) || self.procs[&pid].live.contains_key(&g.goid) {
+                if w.created.contains(&g.goid) || self.procs[&pid].live.contains_key(g.goid) {
                     continue;
                 }
                 let site = self.site_index(pid, (SEEN_AT_ATTACH, g.gopc, g.startpc), stacks);
@@ -517,7 +493,7 @@ impl Tracker {
             self.stats.untracked_exits += 1;
             return;
         };
-        match p.live.remove(&ev.goid) {
+        match p.live.remove(ev.goid) {
             Some(g) => sink.exited(&p.goroutine(ev.pid, ev.goid, g), ev.ktime_ns),
             // Until its process's walk settles, it may be one the walk
             // found: decided then.
@@ -652,43 +628,5 @@ fn release_sites(p: &Proc, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
             stacks.forget(*stack);
         }
         sink.site_gone(site.id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::hash::{BuildHasher, Hasher};
-
-    #[test]
-    fn goid_hash_keeps_order_in_the_low_bits_and_mixes_the_tag() {
-        let h = |goid: u64| std::hash::BuildHasherDefault::<GoidHasher>::default().hash_one(goid);
-        const LOW: u64 = (1 << 57) - 1;
-        // Consecutive ids: consecutive buckets.
-        for goid in [1u64, 1000, 1 << 40] {
-            assert_eq!(h(goid + 1) & LOW, (h(goid) & LOW) + 1);
-        }
-        // Tags (hashbrown's top 7 bits) vary among neighbours.
-        let tags: rustc_hash::FxHashSet<u64> = (1..=64u64).map(|g| h(g) >> 57).collect();
-        assert!(tags.len() > 32, "{} distinct tags", tags.len());
-        // Other keys still hash through `write`.
-        let mut a = GoidHasher::default();
-        a.write(b"ab");
-        let mut b = GoidHasher::default();
-        b.write(b"ba");
-        assert_ne!(a.finish(), b.finish());
-    }
-
-    #[test]
-    fn goid_map_holds_what_is_put_in() {
-        let mut m: GoidMap<u64> = GoidMap::default();
-        for g in 1..=10_000u64 {
-            m.insert(g * 3, g);
-        }
-        for g in (1..=10_000u64).step_by(2) {
-            assert_eq!(m.remove(&(g * 3)), Some(g));
-        }
-        assert_eq!(m.len(), 5_000);
-        assert!((2..=10_000u64).step_by(2).all(|g| m[&(g * 3)] == g));
     }
 }
