@@ -620,30 +620,102 @@ mod tests {
     use crate::model::{Goroutine, Sink};
     use crate::{gobin::Frame, model::Site};
 
+    /// Leaked: a test's sites live as long as it does.
+    fn site_with(id: u64, stack: &[&str]) -> &'static Site {
+        Box::leak(Box::new(Site {
+            id,
+            stack: stack
+                .iter()
+                .map(|f| Frame {
+                    function: f.to_string(),
+                    file: None,
+                    line: None,
+                })
+                .collect(),
+            creator: None,
+            start: None,
+            proc: None,
+            seen_at_attach: false,
+            counts: Default::default(),
+        }))
+    }
+
     fn goroutine(stack: &[&str], created_ns: u64) -> Goroutine<'static> {
         Goroutine {
             pid: 1,
             goid: 5,
             parent_goid: 1,
             created_ns,
-            // Leaked: a test's sites live as long as it does.
-            site: Box::leak(Box::new(Site {
-                id: 3,
-                stack: stack
-                    .iter()
-                    .map(|f| Frame {
-                        function: f.to_string(),
-                        file: None,
-                        line: None,
-                    })
-                    .collect(),
-                creator: None,
-                start: None,
-                proc: None,
-                seen_at_attach: false,
-                counts: Default::default(),
-            })),
+            site: site_with(3, stack),
         }
+    }
+
+    #[test]
+    fn counts_each_site_apart_across_interleaving_and_a_site_gone() {
+        let m = Metrics::new(false, None).unwrap();
+        let mut sink = PromSink::new(m.clone());
+        let (a, b, c) = (
+            site_with(1, &["main.a"]),
+            site_with(2, &["main.b"]),
+            site_with(3, &["main.c"]),
+        );
+        let g = |site: &'static Site| Goroutine {
+            pid: 1,
+            goid: 7,
+            parent_goid: 1,
+            created_ns: 0,
+            site,
+        };
+        // Runs and switches; lifetimes under 1 s, between 1 and 3 s, past 180 s.
+        for (s, n, life) in [
+            (a, 2, 500_000_000),
+            (b, 1, 2_000_000_000),
+            (a, 1, 1_000_000_000),
+            (c, 3, 200_000_000_000),
+            (b, 2, 1),
+        ] {
+            for _ in 0..n {
+                sink.created(&g(s));
+                sink.exited(&g(s), life);
+            }
+        }
+        // The first site's cached handles go; the others move but count on.
+        sink.site_gone(1);
+        sink.created(&g(c));
+        sink.created(&g(b));
+        sink.publish();
+        let text = m.render();
+        let count = |family: &str, f: &str| {
+            let needle = format!("{family}{{stack_0=\"{f}\",");
+            text.lines()
+                .find(|l| l.starts_with(&needle))
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or_else(|| panic!("no {needle} in {text}"))
+                .to_string()
+        };
+        assert_eq!(count("gmon_goroutine_creation", "main.a"), "3");
+        assert_eq!(count("gmon_goroutine_creation", "main.b"), "4");
+        assert_eq!(count("gmon_goroutine_creation", "main.c"), "4");
+        assert_eq!(count("gmon_goroutine_exit", "main.b"), "3");
+        assert_eq!(count("gmon_goroutine_exit", "main.c"), "3");
+        let bucket = |f: &str, le: &str| {
+            let needle = format!("le=\"{le}\"}}");
+            text.lines()
+                .find(|l| {
+                    l.starts_with("gmon_goroutine_uptime_bucket")
+                        && l.contains(&format!("stack_0=\"{f}\""))
+                        && l.contains(&needle)
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap()
+                .to_string()
+        };
+        // 1 s is inclusive: a's 1 s goroutine is in le=1.
+        assert_eq!(bucket("main.a", "1"), "3");
+        assert_eq!(bucket("main.b", "1"), "2");
+        assert_eq!(bucket("main.b", "3"), "3");
+        assert_eq!(bucket("main.c", "180"), "0");
+        assert_eq!(bucket("main.c", "+Inf"), "3");
     }
 
     #[test]

@@ -19,6 +19,8 @@ struct Gmon {
 }
 
 struct SiteSeries {
+    /// `Site::id`.
+    id: u64,
     /// Absent for goroutines found alive at attach in standalone mode.
     gmon: Option<Gmon>,
     /// Sites of goroutines found alive at attach only.
@@ -57,7 +59,12 @@ impl SiteSeries {
 /// path does no label hashing.
 pub struct PromSink {
     metrics: Arc<Metrics>,
-    sites: FxHashMap<u64, SiteSeries>,
+    sites: Vec<SiteSeries>,
+    /// Where each site's series are in `sites`.
+    index: FxHashMap<u64, usize>,
+    /// The last site looked up and where (goroutines come in runs per
+    /// site: most lookups are this one).
+    last: Option<(u64, usize)>,
     /// Sites with a batch to publish.
     batched: Vec<u64>,
     /// gmon's bucket bounds in ns.
@@ -68,7 +75,9 @@ impl PromSink {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         PromSink {
             metrics,
-            sites: FxHashMap::default(),
+            sites: Vec::new(),
+            index: FxHashMap::default(),
+            last: None,
             batched: Vec::new(),
             bounds_ns: GMON_BUCKETS.map(bound_ns),
         }
@@ -78,15 +87,16 @@ impl PromSink {
     /// last call (the pipeline calls it after each drain).
     pub fn publish(&mut self) {
         for id in self.batched.drain(..) {
-            if let Some(s) = self.sites.get_mut(&id) {
-                s.publish();
+            if let Some(&i) = self.index.get(&id) {
+                self.sites[i].publish();
             }
         }
     }
 
     /// The site's series, noted for `publish`: its batch is to grow.
     fn batching(&mut self, site: &Site) -> &mut SiteSeries {
-        let s = series(&mut self.sites, &self.metrics, site);
+        let i = self.series_at(site);
+        let s = &mut self.sites[i];
         if s.batch.created == 0 && s.batch.exited == 0 {
             self.batched.push(site.id);
         }
@@ -94,53 +104,79 @@ impl PromSink {
     }
 
     fn series(&mut self, site: &Site) -> &mut SiteSeries {
-        series(&mut self.sites, &self.metrics, site)
+        let i = self.series_at(site);
+        &mut self.sites[i]
+    }
+
+    /// Where the site's series are, made the first time.
+    fn series_at(&mut self, site: &Site) -> usize {
+        if let Some((id, i)) = self.last
+            && id == site.id
+        {
+            return i;
+        }
+        let i = match self.index.get(&site.id) {
+            Some(&i) => i,
+            None => {
+                self.sites.push(new_series(&self.metrics, site));
+                self.index.insert(site.id, self.sites.len() - 1);
+                self.sites.len() - 1
+            }
+        };
+        self.last = Some((site.id, i));
+        i
+    }
+
+    /// Takes a site's series out (the last one moves to its place).
+    fn take(&mut self, site_id: u64) -> Option<SiteSeries> {
+        let i = self.index.remove(&site_id)?;
+        self.last = None;
+        let s = self.sites.swap_remove(i);
+        if let Some(moved) = self.sites.get(i) {
+            self.index.insert(moved.id, i);
+        }
+        Some(s)
     }
 }
 
-/// The site's series, made the first time.
-fn series<'a>(
-    sites: &'a mut FxHashMap<u64, SiteSeries>,
-    m: &Metrics,
-    site: &Site,
-) -> &'a mut SiteSeries {
-    sites.entry(site.id).or_insert_with(|| {
-        let mut labels: Vec<&str> = stack_labels(&site.stack).to_vec();
-        let pid;
-        let k8s;
-        if m.node {
-            let p = site.proc.as_deref();
-            pid = p.map(|p| p.pid.to_string()).unwrap_or_default();
-            labels.push(&pid);
-            labels.push(p.map(|p| p.binary.as_str()).unwrap_or(""));
-            labels.push(p.and_then(|p| p.container_id.as_deref()).unwrap_or(""));
-            labels.push(p.and_then(|p| p.pod_uid.as_deref()).unwrap_or(""));
-            k8s = p
-                .and_then(|p| p.k8s.as_ref())
-                .map(|k| k.attributes())
-                .unwrap_or_default();
-            for key in &m.k8s_keys {
-                let v = k8s.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-                labels.push(v.unwrap_or(""));
-            }
+/// A site's series, made when first needed.
+fn new_series(m: &Metrics, site: &Site) -> SiteSeries {
+    let mut labels: Vec<&str> = stack_labels(&site.stack).to_vec();
+    let pid;
+    let k8s;
+    if m.node {
+        let p = site.proc.as_deref();
+        pid = p.map(|p| p.pid.to_string()).unwrap_or_default();
+        labels.push(&pid);
+        labels.push(p.map(|p| p.binary.as_str()).unwrap_or(""));
+        labels.push(p.and_then(|p| p.container_id.as_deref()).unwrap_or(""));
+        labels.push(p.and_then(|p| p.pod_uid.as_deref()).unwrap_or(""));
+        k8s = p
+            .and_then(|p| p.k8s.as_ref())
+            .map(|k| k.attributes())
+            .unwrap_or_default();
+        for key in &m.k8s_keys {
+            let v = k8s.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+            labels.push(v.unwrap_or(""));
         }
-        SiteSeries {
-            gmon: in_gmon_families(m, site).then(|| Gmon {
-                creation: m.creation.with_label_values(&labels),
-                exit: m.exit.with_label_values(&labels),
-                uptime: m.uptime.with_label_values(&labels),
-            }),
-            seen_at_attach: site
-                .seen_at_attach
-                .then(|| m.seen_at_attach.with_label_values(&labels)),
-            live: m.live.with_label_values(&labels),
-            oldest_age: m.oldest_age.with_label_values(&labels),
-            labels: m
-                .node
-                .then(|| labels.iter().map(|l| l.to_string()).collect()),
-            batch: Batch::default(),
-        }
-    })
+    }
+    SiteSeries {
+        id: site.id,
+        gmon: in_gmon_families(m, site).then(|| Gmon {
+            creation: m.creation.with_label_values(&labels),
+            exit: m.exit.with_label_values(&labels),
+            uptime: m.uptime.with_label_values(&labels),
+        }),
+        seen_at_attach: site
+            .seen_at_attach
+            .then(|| m.seen_at_attach.with_label_values(&labels)),
+        live: m.live.with_label_values(&labels),
+        oldest_age: m.oldest_age.with_label_values(&labels),
+        labels: m
+            .node
+            .then(|| labels.iter().map(|l| l.to_string()).collect()),
+        batch: Batch::default(),
+    }
 }
 
 /// Standalone mode (the gmon drop-in) keeps gmon's three families exactly
@@ -163,7 +199,9 @@ impl Sink for PromSink {
 
     fn exited(&mut self, g: &Goroutine, exited_ns: u64) {
         let ns = exited_ns.saturating_sub(g.created_ns);
-        let i = self.bounds_ns.partition_point(|&b| b < ns);
+        // Most goroutines live under gmon's first bound (1 s): a scan from
+        // it is a well-predicted compare or two, the binary search was not.
+        let i = self.bounds_ns.iter().take_while(|&&b| b < ns).count();
         let b = &mut self.batching(g.site).batch;
         b.exited += 1;
         b.uptime[i] += 1;
@@ -191,14 +229,14 @@ impl Sink for PromSink {
     fn live(&mut self, sites: &[SiteLive], now_ns: u64) {
         // Sites sharing a label set share its gauges: zero every one, then
         // add each site's live count and keep the greatest age.
-        for s in self.sites.values() {
+        for s in &self.sites {
             s.live.set(0);
             s.oldest_age.set(0.0);
         }
         for l in sites {
             // A site without live goroutines gets no series of its own
             // here (its counts make them, as they always did).
-            if l.live == 0 && !self.sites.contains_key(&l.site.id) {
+            if l.live == 0 && !self.index.contains_key(&l.site.id) {
                 continue;
             }
             let s = self.series(&l.site);
@@ -219,7 +257,7 @@ impl Sink for PromSink {
         // from the sites left. Node mode: the series name the exited
         // process, so they go with it, or they would pile up with every
         // process ever seen.
-        let Some(mut s) = self.sites.remove(&site_id) else {
+        let Some(mut s) = self.take(site_id) else {
             return;
         };
         s.publish();
