@@ -259,6 +259,11 @@ pub struct Tracker {
     procs: HashMap<u32, Proc>,
     /// Processes with a walk not yet settled.
     unsettled: usize,
+    /// The last creation's process, site key and site: most creations
+    /// repeat it, and then need one process lookup, not two. Cleared
+    /// whenever a process's sites could change meaning (new labels, the
+    /// process gone and its pid reused).
+    last: Option<(u32, SiteKey, u32)>,
     pub stats: Stats,
 }
 
@@ -270,6 +275,7 @@ impl Tracker {
             depth,
             procs: HashMap::default(),
             unsettled: 0,
+            last: None,
             stats: Stats::default(),
         }
     }
@@ -295,11 +301,13 @@ impl Tracker {
         p.by_key.clear();
         p.last = None;
         p.labels = Some(labels);
+        self.last = None;
     }
 
     /// Forgets process `pid` now (it exited): its goroutines are dropped
     /// and counted, its kernel stacks and cached series released.
     pub fn remove_process(&mut self, pid: u32, stacks: &mut dyn StackSource, sink: &mut dyn Sink) {
+        self.last = None;
         if let Some(p) = self.procs.remove(&pid) {
             self.unsettled -= p.pending.is_some() as usize;
             self.stats.dropped_with_process += p.live.len() as u64;
@@ -472,7 +480,15 @@ impl Tracker {
         stacks: &mut dyn StackSource,
         sink: &mut dyn Sink,
     ) {
-        let site = self.site_index(ev.pid, (ev.stack, ev.gopc, ev.startpc), stacks);
+        let key = (ev.stack, ev.gopc, ev.startpc);
+        let site = match self.last {
+            Some((pid, k, i)) if pid == ev.pid && k == key => i,
+            _ => {
+                let i = self.site_index(ev.pid, key, stacks);
+                self.last = Some((ev.pid, key, i));
+                i
+            }
+        };
         let g = Live {
             parent_goid: ev.parent_goid,
             created_ns: ev.ktime_ns,
@@ -577,6 +593,7 @@ impl Tracker {
     pub fn sweep(&mut self, stacks: &mut dyn StackSource, sink: &mut dyn Sink) -> u64 {
         let mut dropped = 0;
         let mut unsettled = 0;
+        self.last = None;
         self.procs.retain(|&pid, p| {
             if p.key.is_some_and(|k| k.alive()) {
                 return true;
