@@ -395,8 +395,8 @@ impl Pipeline {
         }
     }
 
-    /// The hot path: one lookup for the process (none if it is `last`'s),
-    /// one for its binary.
+    /// The hot path: a lookup for the process unless it is `last`'s, and
+    /// one for its binary unless that is `hot`.
     fn on_event(
         &mut self,
         ev: &GoroutineEvent,
@@ -411,11 +411,20 @@ impl Pipeline {
             b.tracker.on_event(ev, stacks, &mut self.sinks);
             return;
         }
-        self.cool();
         let prev = last.map(|(_, id)| id);
-        let placed = match *last {
-            Some((pid, id)) if pid == ev.pid => Placed::Tracked(id),
-            _ => self.place(ev.pid, stacks),
+        // A tracked process's binary, from `last` or one lookup; anything
+        // else (`place` may admit the process, and attach) with the hot
+        // binary back in `bins`.
+        let known = match *last {
+            Some((pid, id)) if pid == ev.pid => Some(id),
+            _ => self.procs.get(&ev.pid).map(|p| p.bin),
+        };
+        let placed = match known {
+            Some(id) => Placed::Tracked(id),
+            None => {
+                self.cool();
+                self.place(ev.pid, stacks)
+            }
         };
         let id = match placed {
             Placed::Tracked(id) => {
@@ -431,6 +440,13 @@ impl Pipeline {
                 return;
             }
         };
+        if let Some((hot, b)) = &mut self.hot
+            && *hot == id
+        {
+            b.tracker.on_event(ev, stacks, &mut self.sinks);
+            return;
+        }
+        self.cool();
         // Taken out on the second event in a row of a binary: where events
         // of several binaries alternate, moving one out and back each time
         // would cost more than the lookup it saves.
