@@ -403,14 +403,6 @@ impl Pipeline {
         last: &mut Option<(u32, BinaryId)>,
         stacks: &mut probes::KernelStacks,
     ) {
-        if let Some((pid, id)) = *last
-            && pid == ev.pid
-            && let Some((hot, b)) = &mut self.hot
-            && *hot == id
-        {
-            b.tracker.on_event(ev, stacks, &mut self.sinks);
-            return;
-        }
         let prev = last.map(|(_, id)| id);
         // A tracked process's binary, from `last` or one lookup; anything
         // else (`place` may admit the process, and attach) with the hot

@@ -205,14 +205,13 @@ impl EventReader {
             // record in a ring not yet released, checked by `view`: an
             // exit's first fields, and all of a creation's; neither
             // changes before the release below.
+            let head = unsafe { &*(addr as *const GoroutineExit) };
             let exit;
-            let ev = unsafe {
-                if (*(addr as *const GoroutineExit)).kind == EVENT_EXIT {
-                    exit = (*(addr as *const GoroutineExit)).widen();
-                    &exit
-                } else {
-                    &*(addr as *const GoroutineEvent)
-                }
+            let ev = if head.kind == EVENT_EXIT {
+                exit = head.widen();
+                &exit
+            } else {
+                unsafe { &*(addr as *const GoroutineEvent) }
             };
             if ready {
                 f(ev);

@@ -685,30 +685,26 @@ mod tests {
         sink.created(&g(b));
         sink.publish();
         let text = m.render();
-        let count = |family: &str, f: &str| {
-            let needle = format!("{family}{{stack_0=\"{f}\",");
+        // The value of the one sample line holding every part.
+        let sample = |parts: &[&str]| {
             text.lines()
-                .find(|l| l.starts_with(&needle))
+                .find(|l| parts.iter().all(|p| l.contains(p)))
                 .and_then(|l| l.rsplit(' ').next())
-                .unwrap_or_else(|| panic!("no {needle} in {text}"))
+                .unwrap_or_else(|| panic!("no {parts:?} in {text}"))
                 .to_string()
         };
+        let count = |family: &str, f: &str| sample(&[&format!("{family}{{stack_0=\"{f}\",")]);
         assert_eq!(count("gmon_goroutine_creation", "main.a"), "3");
         assert_eq!(count("gmon_goroutine_creation", "main.b"), "4");
         assert_eq!(count("gmon_goroutine_creation", "main.c"), "4");
         assert_eq!(count("gmon_goroutine_exit", "main.b"), "3");
         assert_eq!(count("gmon_goroutine_exit", "main.c"), "3");
         let bucket = |f: &str, le: &str| {
-            let needle = format!("le=\"{le}\"}}");
-            text.lines()
-                .find(|l| {
-                    l.starts_with("gmon_goroutine_uptime_bucket")
-                        && l.contains(&format!("stack_0=\"{f}\""))
-                        && l.contains(&needle)
-                })
-                .and_then(|l| l.rsplit(' ').next())
-                .unwrap()
-                .to_string()
+            sample(&[
+                "gmon_goroutine_uptime_bucket{",
+                &format!("stack_0=\"{f}\""),
+                &format!("le=\"{le}\"}}"),
+            ])
         };
         // 1 s is inclusive: a's 1 s goroutine is in le=1.
         assert_eq!(bucket("main.a", "1"), "3");

@@ -67,7 +67,7 @@ pub struct PromSink {
     last: Option<(u64, usize)>,
     /// Sites with a batch to publish.
     batched: Vec<u64>,
-    /// gmon's bucket bounds in ns.
+    /// gmon's bucket bounds in whole ns ("<= floor(b)" is "<= b").
     bounds_ns: [u64; GMON_BUCKETS.len()],
 }
 
