@@ -150,9 +150,14 @@ pub const SITE_CREATE_IN_BODY: u32 = 1;
 /// Largest span of runtime.g the creation probe reads at once.
 pub const G_WINDOW: usize = 512;
 
+/// Largest span from gopc to startpc (both included): in aggregate mode
+/// the creation probe reads just these two (24 bytes in every supported
+/// release: gopc, ancestors, startpc).
+pub const SITE_WINDOW: usize = 32;
+
 impl GOffsets {
-    /// `None` if a field is not 8-aligned or the four span more than
-    /// `G_WINDOW` bytes.
+    /// `None` if a field is not 8-aligned, the four span more than
+    /// `G_WINDOW` bytes or gopc and startpc more than `SITE_WINDOW`.
     pub fn new(goid: u64, parent_goid: u64, gopc: u64, startpc: u64) -> Option<Self> {
         let fields = [goid, parent_goid, gopc, startpc];
         let mut lo = u64::MAX;
@@ -165,16 +170,18 @@ impl GOffsets {
             hi = if f + 8 > hi { f + 8 } else { hi };
         }
         let len = hi - lo;
-        (len <= G_WINDOW as u64 && lo <= u32::MAX as u64).then_some(GOffsets {
-            goid,
-            parent_goid,
-            gopc,
-            startpc,
-            window_start: lo as u32,
-            window_len: len as u32,
-            flags: 0,
-            _pad: 0,
-        })
+        let site_len = gopc.abs_diff(startpc) + 8;
+        (len <= G_WINDOW as u64 && site_len <= SITE_WINDOW as u64 && lo <= u32::MAX as u64)
+            .then_some(GOffsets {
+                goid,
+                parent_goid,
+                gopc,
+                startpc,
+                window_start: lo as u32,
+                window_len: len as u32,
+                flags: 0,
+                _pad: 0,
+            })
     }
 }
 
@@ -343,7 +350,8 @@ impl LifetimeBounds {
 pub struct LiveKey {
     pub pid: u32,
     pub _pad: u32,
-    pub goid: u64,
+    /// Address of the goroutine's runtime.g (see `LiveSlot::g`).
+    pub g: u64,
 }
 const _: () = assert!(core::mem::size_of::<LiveKey>() == 16);
 
@@ -361,15 +369,21 @@ const _: () = assert!(core::mem::size_of::<LiveGoroutine>() == 16);
 
 /// One goroutine's place in the live array `LIVE`.
 ///
-/// Claimed by compare-and-swap of `goid` from 0 (goids start at 1), then
-/// `pid`, `site` and `created_ns` are written; freed by clearing `pid`,
-/// then `goid`. A reader that matches both `goid` and `pid` therefore
-/// never takes a slot being claimed for another process's goroutine.
+/// Keyed by the address of the goroutine's runtime.g, not its goid: the
+/// exit probe has the g in R14, so it reads no user memory (one
+/// bpf_probe_read_user less, 85 ns on the cost ladder), and no live
+/// goroutine shares its g with another (the runtime reuses a g only after
+/// its goroutine went through goexit1, where the probe takes it out).
+///
+/// Claimed by compare-and-swap of `g` from 0, then `pid`, `site` and
+/// `created_ns` are written; freed by clearing `pid`, then `g`. A reader
+/// that matches both `g` and `pid` therefore never takes a slot being
+/// claimed for another process's goroutine.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LiveSlot {
-    /// runtime.g.goid; 0 = free.
-    pub goid: u64,
+    /// Address of the goroutine's runtime.g; 0 = free.
+    pub g: u64,
     pub pid: u32,
     /// Its site's slot.
     pub site: u32,
@@ -408,27 +422,31 @@ pub struct LiveBlock {
 }
 const _: () = assert!(core::mem::size_of::<LiveBlock>() == 24 * LIVE_WAYS * 16);
 
-/// The set of the live array a goroutine belongs to: its goid plus an
-/// offset per process. Goids are handed out in order (16 at a time per P),
-/// so a process's live goroutines are mostly runs of goids, which fill
-/// consecutive sets evenly; the offset (Fibonacci hashing of the pid: one
-/// multiply) puts each process's runs elsewhere. Hashing goid and pid
-/// together (one multiply of both) overfilled sets with 7-23 % of 50
-/// processes' 1000 goroutines each; this overfills none. Keying by the
-/// g's address instead (the exit probe has it in R14: no goid to read)
-/// measured slower in both programs (creation 305 ns vs 220, exit 256-269
-/// vs 239 on the cost ladder): reused g's hash to the same few sets.
+/// The set of the live array a goroutine belongs to, from the address of
+/// its runtime.g plus an offset per process (Fibonacci hashing of the
+/// pid: one multiply).
+///
+/// A g is about 450 bytes, in 8 KiB spans of g's only: `g >> 9` gives
+/// each 512 bytes of a span its own set, so a span's g's fill 16
+/// consecutive sets and a process's g's spread as evenly as its heap lays
+/// them out. Consecutive sets keep the pages of the array the programs
+/// touch few (a multiplicative hash of the address, every access a new
+/// page, cost 100 ns more per goroutine; `g >> 6` left 110 of each 128
+/// sets unused, the "reused g's hash to the same few sets" of an earlier
+/// try). `^ g >> 22` turns each 4 MiB of heap (the array's period) a
+/// different way, so the two doubled sets of each span do not line up
+/// across periods.
 #[inline(always)]
-pub fn live_set(pid: u32, goid: u64) -> u32 {
+pub fn live_set(pid: u32, g: u64) -> u32 {
     let offset = (pid as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - LIVE_SET_BITS);
-    (goid.wrapping_add(offset) & (LIVE_SETS as u64 - 1)) as u32
+    (((g >> 9) ^ (g >> 22)).wrapping_add(offset) & (LIVE_SETS as u64 - 1)) as u32
 }
 
-/// Where `live_set(pid, goid)` sits in the `LIVE` map: the element
+/// Where `live_set(pid, g)` sits in the `LIVE` map: the element
 /// (`LiveBlock`) and the set's index in it (below `LIVE_BLOCK_SETS`).
 #[inline(always)]
-pub fn live_place(pid: u32, goid: u64) -> (u32, usize) {
-    let set = live_set(pid, goid);
+pub fn live_place(pid: u32, g: u64) -> (u32, usize) {
+    let set = live_set(pid, g);
     (set / LIVE_BLOCK_SETS, (set % LIVE_BLOCK_SETS) as usize)
 }
 

@@ -1,11 +1,14 @@
 //! Kernel side of gmon-agent: two plain uprobes on the Go runtime.
 //!
-//! * `newproc1_ret` sits on every RET instruction of runtime.newproc1 (user
-//!   space finds them by disassembly). At a RET the new *g is in RAX. We never
-//!   use return probes: they rewrite return addresses on Go stacks, which
-//!   the Go runtime does not expect (golang/go#22008).
-//! * `goexit1` sits on the entry of runtime.goexit1, which runs on the
-//!   exiting goroutine; ABIInternal keeps the current g in R14.
+//! * `newproc1_ret` sits in runtime.newproc1 on the first branch after the
+//!   new goid is stored, or where the binary's code does not match that, on
+//!   every RET (user space finds both by disassembly). Either way the new *g
+//!   is in RAX. We never use return probes: they rewrite return addresses
+//!   on Go stacks, which the Go runtime does not expect (golang/go#22008).
+//! * `goexit1` sits on the `jbe` of runtime.goexit1's stack-check prologue
+//!   (`goexit1_entry` on its first instruction where the prologue does not
+//!   match), which runs on the exiting goroutine; ABIInternal keeps the
+//!   current g in R14.
 //!
 //! Creation stacks are walked here along Go's frame pointers rather than with
 //! bpf_get_stackid: the kernel's walker reads one frame past the outermost
@@ -21,7 +24,8 @@
 //! asked for (gmon's log lines), every creation and exit goes to user space
 //! through the `EVENTS_*` ring buffers (one per CPU); without it, nothing per goroutine
 //! crosses: the programs count per creation site (`SITE_*`), keep the live
-//! goroutines with their creation time (`LIVE`) and bucket lifetimes at
+//! goroutines with their creation time (`LIVE`, keyed by the address of
+//! their runtime.g, so the exit program reads no memory) and bucket lifetimes at
 //! exit, and user space reads the totals when it exports.
 #![no_std]
 #![no_main]
@@ -35,8 +39,8 @@ use agent_common::{
     LIFETIME_BUCKETS, LIVE_BLOCK_SETS, LIVE_SETS, LIVE_SPILL_ENTRIES, LIVE_WAYS, LifetimeBounds,
     LiveBlock, LiveGoroutine, LiveKey, LiveSet, MAX_BINARIES, MAX_SITES, MAX_STACK_DEPTH, NO_STACK,
     OVERFLOW_SITE, PROC_EXEC, PROC_EXIT, PROC_RINGBUF_BYTES, ProcEvent, RINGBUF_BYTES,
-    RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, STACK_MAP_ENTRIES, SiteKey, SiteLifetimes,
-    UserStack, counter, live_place,
+    RINGBUF_WAKEUP_BYTES, SITE_CREATE_IN_BODY, SITE_WINDOW, STACK_MAP_ENTRIES, SiteKey,
+    SiteLifetimes, UserStack, counter, live_place,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -49,7 +53,7 @@ use aya_ebpf::{
         generated::{self, bpf_get_attach_cookie},
     },
     macros::{map, raw_tracepoint, uprobe},
-    maps::{Array, HashMap, PerCpuArray, RingBuf, Stack},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, Stack},
     programs::{ProbeContext, RawTracePointContext},
 };
 
@@ -67,7 +71,8 @@ static AGGREGATE: u32 = 0;
 /// aggregate-mode creation (exit) program return at its first step
 /// numbered N or more, so the time each step adds can be measured
 /// (creation: 1 entry, 2 read of the g, 3 first stack window, 4 frame
-/// walk, 5 stack stored, 6 site slot, 7 created count). 0 (always, in the agent) runs
+/// walk, 5 stack stored, 6 site slot, 7 created count; exit: 1 entry, 2
+/// live slot freed, 3 lifetime bucket). 0 (always, in the agent) runs
 /// every step; the verifier drops the checks (load-time constants).
 #[unsafe(no_mangle)]
 static CREATE_STOP_AFTER: u32 = 0;
@@ -291,6 +296,10 @@ pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
 
 fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     let g = unsafe { (*ctx.regs).rax };
+    if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
+        newproc1_count(ctx, off, sc, g);
+        return;
+    }
     // One read for all four fields; user space checked the window fits.
     let len = off.window_len as usize;
     if len == 0 || len > G_WINDOW || !read_user(sc.g.as_mut_ptr(), len, g + off.window_start as u64)
@@ -321,20 +330,6 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     } else {
         NO_STACK
     };
-    if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
-        if stop_after(5) {
-            return;
-        }
-        let key = SiteKey {
-            pid,
-            _pad: 0,
-            gopc,
-            startpc,
-            stack,
-        };
-        count_create(&key, goid, sc);
-        return;
-    }
     let ev = GoroutineEvent {
         kind: EVENT_CREATE,
         pid,
@@ -346,6 +341,52 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
         startpc,
     };
     send(&ev, counter::CREATE_SENT, &mut sc.events);
+}
+
+/// Aggregate mode, creation: reads just the site's two fields (gopc and
+/// startpc), and enters the goroutine in the live table under its g's
+/// address (`LiveSlot::g`), so the goid is not needed.
+#[inline(always)]
+fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch, g: u64) {
+    let lo = off.gopc.min(off.startpc);
+    // GOffsets::new checked the span fits SITE_WINDOW.
+    let len = (off.gopc.max(off.startpc) - lo + 8) as usize;
+    // Into the BPF stack, not the per-CPU scratch: the kernel's hardened
+    // usercopy check costs less for a stack destination. Not zeroed first:
+    // the helper writes every byte of `len` (or fails), and only those are
+    // read.
+    let mut buf = core::mem::MaybeUninit::<[u64; SITE_WINDOW / 8]>::uninit();
+    if len > SITE_WINDOW || !read_user(buf.as_mut_ptr().cast(), len, g + lo) {
+        count(counter::READ_G_FAILED);
+        return;
+    }
+    if stop_after(2) {
+        return;
+    }
+    let field = |at: u64| -> u64 {
+        let i = (at.wrapping_sub(lo) as usize / 8) & (SITE_WINDOW / 8 - 1);
+        // SAFETY: `at` is gopc or startpc, inside the `len` bytes read.
+        unsafe { (*buf.as_ptr())[i] }
+    };
+    let (gopc, startpc) = (field(off.gopc), field(off.startpc));
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
+    let stack = if depth > 0 {
+        creation_stack(ctx, sc, pid, depth, off.flags & SITE_CREATE_IN_BODY != 0)
+    } else {
+        NO_STACK
+    };
+    if stop_after(5) {
+        return;
+    }
+    let key = SiteKey {
+        pid,
+        _pad: 0,
+        gopc,
+        startpc,
+        stack,
+    };
+    count_create(&key, g, sc);
 }
 
 /// Adds 1 to `*p` atomically: other CPUs add to the same site.
@@ -360,9 +401,9 @@ fn add(p: *mut u64, v: u64) {
 }
 
 /// Aggregate mode, creation: one more goroutine at `key`'s site, entered
-/// in the live table with its creation time.
+/// in the live table under its g with its creation time.
 #[inline(always)]
-fn count_create(key: &SiteKey, goid: u64, sc: &mut Scratch) {
+fn count_create(key: &SiteKey, g: u64, sc: &mut Scratch) {
     let slot = cached_site_slot(key, sc);
     if stop_after(6) {
         return;
@@ -373,7 +414,7 @@ fn count_create(key: &SiteKey, goid: u64, sc: &mut Scratch) {
     if stop_after(7) {
         return;
     }
-    enter_live(key.pid, goid, slot, unsafe { bpf_ktime_get_ns() });
+    enter_live(key.pid, g, slot, unsafe { bpf_ktime_get_ns() });
     count(counter::CREATE_COUNTED);
 }
 
@@ -391,10 +432,10 @@ fn claim_u64(p: *mut u64, old: u64, new: u64) -> bool {
     }
 }
 
-/// The set of the live array `(pid, goid)` belongs to.
+/// The set of the live array `(pid, g)` belongs to.
 #[inline(always)]
-fn live_set_ptr(pid: u32, goid: u64) -> Option<*mut LiveSet> {
-    let (block, set) = live_place(pid, goid);
+fn live_set_ptr(pid: u32, g: u64) -> Option<*mut LiveSet> {
+    let (block, set) = live_place(pid, g);
     let block = LIVE.get_ptr_mut(block)?;
     // SAFETY: `live_place` keeps the index below LIVE_BLOCK_SETS.
     Some(unsafe { &raw mut (*block).sets[set] })
@@ -403,15 +444,15 @@ fn live_set_ptr(pid: u32, goid: u64) -> Option<*mut LiveSet> {
 /// Enters a created goroutine in its set of the live array, or in the
 /// spill table when every slot of the set is taken.
 #[inline(always)]
-fn enter_live(pid: u32, goid: u64, site: u32, created_ns: u64) {
-    if let Some(set) = live_set_ptr(pid, goid) {
+fn enter_live(pid: u32, g: u64, site: u32, created_ns: u64) {
+    if let Some(set) = live_set_ptr(pid, g) {
         for w in 0..LIVE_WAYS {
             // SAFETY: a slot of the set; other CPUs claim slots only with
             // the compare-and-swap, and write only the slots they claimed.
             unsafe {
                 let s = &raw mut (*set).slots[w];
-                if core::ptr::read_volatile(&raw const (*s).goid) == 0
-                    && claim_u64(&raw mut (*s).goid, 0, goid)
+                if core::ptr::read_volatile(&raw const (*s).g) == 0
+                    && claim_u64(&raw mut (*s).g, 0, g)
                 {
                     core::ptr::write_volatile(&raw mut (*s).pid, pid);
                     core::ptr::write_volatile(&raw mut (*s).site, site);
@@ -427,7 +468,9 @@ fn enter_live(pid: u32, goid: u64, site: u32, created_ns: u64) {
         site,
         _pad: 0,
     };
-    let lk = LiveKey { pid, _pad: 0, goid };
+    let lk = LiveKey { pid, _pad: 0, g };
+    // BPF_ANY: an entry of this g can only be stale (user space put in a
+    // goroutine found at attach that exited before it went in).
     if LIVE_SPILL.insert(lk, live, BPF_ANY as u64).is_err() {
         count(counter::LIVE_FULL);
     }
@@ -436,25 +479,25 @@ fn enter_live(pid: u32, goid: u64, site: u32, created_ns: u64) {
 /// Takes an exiting goroutine out of the live array (or the spill
 /// table); its creation time and site, `None` if it was in neither.
 #[inline(always)]
-fn leave_live(pid: u32, goid: u64) -> Option<(u64, u32)> {
-    if let Some(set) = live_set_ptr(pid, goid) {
+fn leave_live(pid: u32, g: u64) -> Option<(u64, u32)> {
+    if let Some(set) = live_set_ptr(pid, g) {
         for w in 0..LIVE_WAYS {
-            // SAFETY: as in `enter_live`; a slot matching both goid and pid
+            // SAFETY: as in `enter_live`; a slot matching both g and pid
             // is this goroutine's, written in full before it could run.
             unsafe {
                 let s = &raw mut (*set).slots[w];
-                if core::ptr::read_volatile(&raw const (*s).goid) == goid
+                if core::ptr::read_volatile(&raw const (*s).g) == g
                     && core::ptr::read_volatile(&raw const (*s).pid) == pid
                 {
                     let found = ((*s).created_ns, (*s).site);
                     core::ptr::write_volatile(&raw mut (*s).pid, 0);
-                    core::ptr::write_volatile(&raw mut (*s).goid, 0);
+                    core::ptr::write_volatile(&raw mut (*s).g, 0);
                     return Some(found);
                 }
             }
         }
     }
-    let lk = LiveKey { pid, _pad: 0, goid };
+    let lk = LiveKey { pid, _pad: 0, g };
     let live = LIVE_SPILL.get_ptr(&lk)?;
     let LiveGoroutine {
         created_ns, site, ..
@@ -514,17 +557,17 @@ fn site_slot(key: &SiteKey) -> u32 {
 /// Aggregate mode, exit: the goroutine leaves the live table, its site
 /// counts one more exit and its lifetime in the bucket it falls in.
 #[inline(always)]
-fn count_exit(pid: u32, goid: u64) {
-    let Some((created_ns, site)) = leave_live(pid, goid) else {
+fn count_exit(pid: u32, g: u64) {
+    let Some((created_ns, site)) = leave_live(pid, g) else {
         count(counter::EXIT_UNTRACKED);
         return;
     };
-    if exit_stop_after(3) {
+    if exit_stop_after(2) {
         return;
     }
     let life = unsafe { bpf_ktime_get_ns() }.saturating_sub(created_ns);
     let b = bucket(life);
-    if exit_stop_after(4) {
+    if exit_stop_after(3) {
         return;
     }
     // Lifetime first: user space reads the buckets once it sees exits grow.
@@ -698,26 +741,89 @@ fn creation_stack(
     }
 }
 
+/// x86 RFLAGS: carry and zero, the flags `jbe` jumps on.
+const FLAGS_CF: u64 = 1 << 0;
+const FLAGS_ZF: u64 = 1 << 6;
+
+/// Offset of runtime.g.stackguard0: fixed by the ABI (every function
+/// prologue compares RSP with 0x10(%r14)).
+const G_STACKGUARD0: u64 = 0x10;
+
+/// Exit at goexit1's prologue `jbe morestack` (the emulated site). When
+/// the stack check fails the `jbe` jumps to morestack, which runs goexit1
+/// again from its start, so the site is hit twice for one exit: a
+/// preemption request sets the guard so, and a goroutine can get one as
+/// it exits. The flags of the `cmp` just before say which hit this is;
+/// only the one that goes on into goexit1 counts.
 #[uprobe]
 pub fn goexit1(ctx: ProbeContext) -> u32 {
+    let flags = unsafe { (*ctx.regs).eflags };
+    if flags & (FLAGS_CF | FLAGS_ZF) != 0 {
+        return 0;
+    }
+    goexit1_hit(&ctx)
+}
+
+/// Exit at goexit1's first instruction (the single-stepped site, where
+/// the prologue did not match or `--probe-sites ret`): the `cmp` has not
+/// run yet. A guard at or above RSP will fail it (see `goexit1`); but a
+/// preemption request can still come between this read and the `cmp`,
+/// single-stepped microseconds later, so a repeat is also told by the
+/// goroutine: the last exit counted per g is kept in `EXIT_SEEN`.
+#[uprobe]
+pub fn goexit1_entry(ctx: ProbeContext) -> u32 {
+    let (g, sp) = unsafe { ((*ctx.regs).r14, (*ctx.regs).rsp) };
+    let Ok(guard) = (unsafe { bpf_probe_read_user((g + G_STACKGUARD0) as *const u64) }) else {
+        count(counter::READ_G_FAILED);
+        return 0;
+    };
+    if sp <= guard {
+        return 0;
+    }
     let Some(off) = offsets(&ctx) else {
         return 0;
     };
+    let Ok(goid) = (unsafe { bpf_probe_read_user((g + off.goid) as *const u64) }) else {
+        count(counter::READ_G_FAILED);
+        return 0;
+    };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = LiveKey { pid, _pad: 0, g };
+    if EXIT_SEEN
+        .get_ptr(&key)
+        .is_some_and(|seen| unsafe { *seen } == goid)
+    {
+        return 0;
+    }
+    // Full, the least recently counted exit makes room.
+    let _ = EXIT_SEEN.insert(key, goid, BPF_ANY as u64);
+    goexit1_hit(&ctx)
+}
+
+/// The goid of the last exit `goexit1_entry` counted on each g (of each
+/// process): a repeat comes before the g can be reused, so it finds its
+/// own goid there. Least recently used first out: a repeat is missed only
+/// if this many other exits came between.
+#[map]
+static EXIT_SEEN: LruHashMap<LiveKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn goexit1_hit(ctx: &ProbeContext) -> u32 {
     if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
         if exit_stop_after(1) {
             return 0;
         }
-        // No scratch space needed: the live table is the only state.
+        // No scratch space and no offsets needed: the live table is the
+        // only state, keyed by the exiting g, which R14 holds.
         let g = unsafe { (*ctx.regs).r14 };
-        match unsafe { bpf_probe_read_user((g + off.goid) as *const u64) } {
-            Ok(_) if exit_stop_after(2) => {}
-            Ok(goid) => count_exit((bpf_get_current_pid_tgid() >> 32) as u32, goid),
-            Err(_) => count(counter::READ_G_FAILED),
-        }
+        count_exit((bpf_get_current_pid_tgid() >> 32) as u32, g);
         return 0;
     }
+    let Some(off) = offsets(ctx) else {
+        return 0;
+    };
     if let Some(sc) = claim() {
-        goexit1_event(&ctx, off, sc);
+        goexit1_event(ctx, off, sc);
         release(sc);
     }
     0

@@ -327,15 +327,14 @@ fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
     println!("cost ladder, aggregate mode without stacks: in-kernel ns per hit after each step");
     let create = [
         "binary's offsets (attach cookie) + per-CPU scratch",
-        "+ read runtime.g (goid, gopc, startpc: one bpf_probe_read_user)",
+        "+ read runtime.g (gopc, startpc: one bpf_probe_read_user)",
         "+ bpf_get_current_pid_tgid",
         "+ site slot (the CPU's last site if SITE_KEYS still has it, else SITE_IDS)",
         "+ created += 1 (atomic add, SITE_TOTALS)",
         "+ bpf_ktime_get_ns + live array slot (compare-and-swap) + counter (all)",
     ];
     let exit = [
-        "binary's offsets (attach cookie)",
-        "+ read goid (bpf_probe_read_user)",
+        "entry (the g is in R14: no offsets, no read)",
         "+ bpf_get_current_pid_tgid + live array: find and free the slot",
         "+ bpf_ktime_get_ns + bucket (binary search, 6 steps)",
         "+ exited, bucket count and sum += (3 atomic adds) + counter (all)",

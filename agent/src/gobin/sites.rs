@@ -17,8 +17,8 @@
 //! binary whose code does not match gets `None` and keeps the old sites.
 
 use iced_x86::{
-    Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess,
-    OpKind, Register,
+    Code, ConditionCode, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
+    OpAccess, OpKind, Register,
 };
 use std::collections::HashSet;
 
@@ -126,12 +126,15 @@ pub fn exit_site(code: &[u8], entry: u64) -> Result<u64, Mismatch> {
         && cmp.op0_register() == Register::RSP
         && cmp.op1_kind() == OpKind::Memory
         && cmp.memory_base() == Register::R14
-        && cmp.memory_index() == Register::None;
+        && cmp.memory_index() == Register::None
+        && cmp.memory_displacement64() == 0x10;
     if !prologue {
         return Err("goexit1 does not start with cmp 0x10(%r14),%rsp");
     }
-    if jbe.flow_control() != FlowControl::ConditionalBranch || !jbe.is_jcc_short_or_near() {
-        return Err("goexit1's stack check is not followed by a conditional jump");
+    // The program tells a hit that morestack will repeat by the flags
+    // `jbe` jumps on, so it must be exactly that jump.
+    if !jbe.is_jcc_short_or_near() || jbe.condition_code() != ConditionCode::be {
+        return Err("goexit1's stack check is not followed by jbe");
     }
     Ok(jbe.ip())
 }
@@ -201,5 +204,11 @@ mod tests {
         let code = [0x49, 0x3b, 0x66, 0x10, 0x76, 0x7b, 0x55];
         assert_eq!(exit_site(&code, 0x3000), Ok(0x3004));
         assert!(exit_site(&[0x55, 0x48, 0x89, 0xe5], 0x3000).is_err());
+        // Another jump or another field: the program's check of the flags
+        // would be wrong there.
+        let jb = [0x49, 0x3b, 0x66, 0x10, 0x72, 0x7b, 0x55];
+        assert!(exit_site(&jb, 0x3000).is_err());
+        let guard1 = [0x49, 0x3b, 0x66, 0x18, 0x76, 0x7b, 0x55];
+        assert!(exit_site(&guard1, 0x3000).is_err());
     }
 }

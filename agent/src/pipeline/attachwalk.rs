@@ -12,7 +12,9 @@
 //! - in aggregate mode, each goes into the kernel's live table only if the
 //!   probes did not put it there (NOEXIST), and a second walk takes out
 //!   the ones that exited before their entry went in (their exit found no
-//!   entry, and the entry would stay forever).
+//!   entry, and the entry would stay forever). The table is keyed by the
+//!   g's address, which the runtime reuses once a goroutine exits: a
+//!   goroutine is alive at the second walk if its g still holds its goid.
 
 use super::{Pipeline, procs::monotonic_ns};
 use crate::probes::Inserted;
@@ -102,7 +104,8 @@ impl Pipeline {
 pub(super) struct Walked {
     /// Seen-at-attach slot per (gopc, startpc).
     slots: HashMap<(u64, u64), u32>,
-    inserted: Vec<(LiveKey, u32)>,
+    /// Entries put in: key, the goroutine's goid, its slot.
+    inserted: Vec<(LiveKey, u64, u32)>,
     /// Did not fit the table.
     full: u64,
 }
@@ -133,7 +136,7 @@ impl super::aggregate::Aggregates {
             let key = LiveKey {
                 pid,
                 _pad: 0,
-                goid: g.goid,
+                g: g.g,
             };
             let live = LiveGoroutine {
                 created_ns: crate::model::attach_created(walked_ns, g.waitsince),
@@ -141,7 +144,7 @@ impl super::aggregate::Aggregates {
                 _pad: 0,
             };
             match self.kernel.insert_live(key, live) {
-                Inserted::Yes => acc.inserted.push((key, slot)),
+                Inserted::Yes => acc.inserted.push((key, g.goid, slot)),
                 // The probes saw it created: counted already.
                 Inserted::AlreadyThere => {}
                 Inserted::Full => acc.full += 1,
@@ -159,21 +162,23 @@ impl super::aggregate::Aggregates {
         mut acc: Walked,
         again: impl FnOnce(&mut dyn FnMut(&[LiveG])) -> bool,
     ) -> (u64, u64) {
-        acc.inserted.sort_unstable_by_key(|(k, _)| k.goid);
+        acc.inserted.sort_unstable_by_key(|(k, ..)| k.g);
         let mut alive = vec![false; acc.inserted.len()];
         let walked = again(&mut |gs: &[LiveG]| {
             for g in gs {
-                if let Ok(i) = acc.inserted.binary_search_by_key(&g.goid, |(k, _)| k.goid) {
+                if let Ok(i) = acc.inserted.binary_search_by_key(&g.g, |(k, ..)| k.g)
+                    && acc.inserted[i].1 == g.goid
+                {
                     alive[i] = true;
                 }
             }
         });
         let mut counts: HashMap<u32, u64> = HashMap::default();
-        for (i, (key, slot)) in acc.inserted.iter().enumerate() {
-            if walked && !alive[i] && self.kernel.remove_live(key) {
+        for (i, &(key, _, slot)) in acc.inserted.iter().enumerate() {
+            if walked && !alive[i] && self.kernel.remove_live(&key, slot) {
                 continue;
             }
-            *counts.entry(*slot).or_default() += 1;
+            *counts.entry(slot).or_default() += 1;
         }
         let mut n = 0;
         for (slot, c) in counts {

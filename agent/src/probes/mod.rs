@@ -226,7 +226,7 @@ impl Probes {
             )+};
         }
         load!(RawTracePoint, "proc_exec", "proc_exit");
-        load!(UProbe, "newproc1_ret", "goexit1", "noop");
+        load!(UProbe, "newproc1_ret", "goexit1", "goexit1_entry", "noop");
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Map(name, "missing".into()))
@@ -298,7 +298,7 @@ impl Probes {
     /// Attaches both probes to `bin`, for every process running it or only
     /// for `pid`. On failure nothing stays attached.
     pub fn attach(&mut self, bin: &GoBinary, pid: Option<NonZeroU32>) -> Result<Attachment, Error> {
-        self.attach_programs(bin, &bin.path, pid, ["newproc1_ret", "goexit1"])
+        self.attach_programs(bin, &bin.path, pid, false)
     }
 
     /// Like `attach`, for every process, naming the file by `path` (e.g.
@@ -309,13 +309,13 @@ impl Probes {
         bin: &GoBinary,
         path: &std::path::Path,
     ) -> Result<Attachment, Error> {
-        self.attach_programs(bin, path, None, ["newproc1_ret", "goexit1"])
+        self.attach_programs(bin, path, None, false)
     }
 
     /// Attaches an empty program at the sites the policy picks: the bare
     /// trap cost, which the overhead benchmark compares the probes against.
     pub fn attach_noop(&mut self, bin: &GoBinary) -> Result<Attachment, Error> {
-        self.attach_programs(bin, &bin.path, None, ["noop", "noop"])
+        self.attach_programs(bin, &bin.path, None, true)
     }
 
     /// Removes a binary's uprobes and frees its slot.
@@ -338,7 +338,7 @@ impl Probes {
         bin: &GoBinary,
         path: &std::path::Path,
         pid: Option<NonZeroU32>,
-        [create, exit]: [&'static str; 2],
+        noop: bool,
     ) -> Result<Attachment, Error> {
         let cookie = match self.free_cookies.pop() {
             Some(c) => c,
@@ -363,6 +363,13 @@ impl Probes {
                 bin.goexit1,
                 0,
             ),
+        };
+        // goexit1's prologue site and its entry each have their own way of
+        // telling the hit that goes on from the one morestack repeats.
+        let (create, exit) = match (noop, class) {
+            (true, _) => ("noop", "noop"),
+            (false, SiteClass::Emulated) => ("newproc1_ret", "goexit1"),
+            (false, SiteClass::SingleStepped) => ("newproc1_ret", "goexit1_entry"),
         };
         let mut att = Attachment {
             cookie,

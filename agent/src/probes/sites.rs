@@ -224,8 +224,8 @@ impl KernelSites {
         let mut slots: Vec<(u32, usize, u64)> = Vec::new();
         let _ = self.scan_sets(|set, s| {
             for (w, slot) in s.slots.iter().enumerate() {
-                if slot.goid != 0 && pids.contains(&slot.pid) {
-                    slots.push((set, w, slot.goid));
+                if slot.g != 0 && pids.contains(&slot.pid) {
+                    slots.push((set, w, slot.g));
                 }
             }
         });
@@ -244,7 +244,7 @@ impl KernelSites {
         n
     }
 
-    /// Frees array slots (set, way, goid) of exited processes; returns how
+    /// Frees array slots (set, way, g) of exited processes; returns how
     /// many were still theirs.
     fn free_live_slots(&self, slots: &[(u32, usize, u64)]) -> u64 {
         use aya::maps::IterableMap;
@@ -260,19 +260,19 @@ impl KernelSites {
         };
         let sets = base.ptr().cast::<LiveSet>().as_ptr();
         let mut n = 0;
-        for &(set, w, goid) in slots {
+        for &(set, w, gp) in slots {
             // SAFETY: set < LIVE_SETS and w < LIVE_WAYS (read from the
             // map), inside the mapping; the fields are aligned, and the
             // kernel only touches them atomically or in its own slots.
             unsafe {
                 let s = &raw mut (*sets.add(set as usize)).slots[w];
-                let g = &*(&raw mut (*s).goid).cast::<AtomicU64>();
+                let g = &*(&raw mut (*s).g).cast::<AtomicU64>();
                 let pid = &*(&raw mut (*s).pid).cast::<AtomicU32>();
                 // The process is gone: nothing else frees or claims this
-                // slot unless its pid and goid came back (pid reuse).
-                if g.load(SeqCst) == goid {
+                // slot unless its pid and g came back (pid reuse).
+                if g.load(SeqCst) == gp {
                     pid.store(0, SeqCst);
-                    if g.compare_exchange(goid, 0, SeqCst, SeqCst).is_ok() {
+                    if g.compare_exchange(gp, 0, SeqCst, SeqCst).is_ok() {
                         n += 1;
                     }
                 }
@@ -315,11 +315,11 @@ impl KernelSites {
         self.scan_sets(|_, s| {
             for slot in &s.slots {
                 // pid 0: free, or being claimed or freed.
-                if slot.goid != 0 && slot.pid != 0 {
+                if slot.g != 0 && slot.pid != 0 {
                     let key = LiveKey {
                         pid: slot.pid,
                         _pad: 0,
-                        goid: slot.goid,
+                        g: slot.g,
                     };
                     let g = LiveGoroutine {
                         created_ns: slot.created_ns,
@@ -364,12 +364,12 @@ impl KernelSites {
     /// the probes already entered it (they saw its creation, which they
     /// finish before the goroutine can be seen alive).
     pub fn insert_live(&mut self, key: LiveKey, g: LiveGoroutine) -> Inserted {
-        let (block, set) = live_place(key.pid, key.goid);
+        let (block, set) = live_place(key.pid, key.g);
         if let Ok(block) = self.live.get(&block, 0)
             && block.sets[set]
                 .slots
                 .iter()
-                .any(|s| s.goid == key.goid && s.pid == key.pid)
+                .any(|s| s.g == key.g && s.pid == key.pid)
         {
             return Inserted::AlreadyThere;
         }
@@ -387,10 +387,17 @@ impl KernelSites {
         }
     }
 
-    /// Takes a goroutine `insert_live` put in out again; false if it was
-    /// not there (its exit took it).
-    pub fn remove_live(&mut self, key: &LiveKey) -> bool {
-        self.spill.remove(key).is_ok()
+    /// Takes a goroutine `insert_live` put in at `site` out again; false
+    /// if it is not there (its exit took it). An entry of the same g at
+    /// another site is the kernel's, for a goroutine created on the g
+    /// since (sites found at attach have slots of their own): it stays.
+    /// The kernel replacing the entry between the lookup and the delete
+    /// would need that creation to spill in those microseconds.
+    pub fn remove_live(&mut self, key: &LiveKey, site: u32) -> bool {
+        match self.spill.get(key, 0) {
+            Ok(g) if g.site == site => self.spill.remove(key).is_ok(),
+            _ => false,
+        }
     }
 
     /// Adds `n` creations to a slot, as the kernel's atomic adds do.
@@ -403,31 +410,81 @@ impl KernelSites {
 mod tests {
     use agent_common::{LIVE_SETS, LIVE_WAYS, live_set};
 
-    /// Fullest set after entering `goids` of each of `pids`.
-    fn fullest(pids: &[u32], goids: std::ops::Range<u64>) -> usize {
+    /// Addresses of `n` g's of `size` bytes as Go's heap lays them out: 8
+    /// KiB spans of g's only, in consecutive spans or (`scatter`) spread
+    /// over a heap eight times as big, between other objects' spans.
+    fn gs(n: usize, size: u64, scatter: Option<u64>) -> Vec<u64> {
+        let per = 8192 / size;
+        let spans = (n as u64).div_ceil(per);
+        let mut taken = std::collections::HashSet::new();
+        let mut seed = scatter.unwrap_or(0);
+        let mut out = Vec::new();
+        for s in 0..spans {
+            let span = match scatter {
+                None => s,
+                Some(_) => loop {
+                    // An LCG: deterministic, and spread enough.
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let at = (seed >> 33) % (spans * 8);
+                    if taken.insert(at) {
+                        break at;
+                    }
+                },
+            };
+            let base = 0xc000_000000 + span * 8192;
+            out.extend((0..per).map(|i| base + i * size));
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// Goroutines that do not fit their set, after entering each
+    /// process's g's.
+    fn spilled(procs: &[(u32, Vec<u64>)]) -> usize {
         let mut load = vec![0usize; LIVE_SETS as usize];
-        for &pid in pids {
-            for goid in goids.clone() {
-                load[live_set(pid, goid) as usize] += 1;
+        for &(pid, ref gs) in procs {
+            for &g in gs {
+                load[live_set(pid, g) as usize] += 1;
             }
         }
-        load.into_iter().max().unwrap_or(0)
+        load.into_iter().map(|l| l.saturating_sub(LIVE_WAYS)).sum()
     }
 
     #[test]
-    fn sequential_goids_spread_over_the_sets_without_spilling() {
-        // Goids are handed out in order: one process with as many live
-        // goroutines as the array has slots fills every set exactly.
-        let slots = LIVE_SETS as u64 * LIVE_WAYS as u64;
-        assert_eq!(fullest(&[4242], 1..slots + 1), LIVE_WAYS);
-        // 50 processes of 1000 goroutines each (76 % of the slots), with
-        // pids spread or in a row: no set overflows.
-        for pids in [
-            (0..50).map(|i| 1000 + 37 * i).collect::<Vec<u32>>(),
-            (100..150).collect(),
-        ] {
-            let max = fullest(&pids, 1..1001);
-            assert!(max <= LIVE_WAYS, "fullest set holds {max}");
+    fn g_addresses_spread_over_the_sets() {
+        let slots = LIVE_SETS as usize * LIVE_WAYS;
+        // The g's size class differs between releases (448, 480 bytes).
+        for size in [448, 480] {
+            // One process with its g's in a row: none spills up to three
+            // quarters of the array; scattered over its heap, a few.
+            for n in [slots / 2, slots * 3 / 4] {
+                let one = [(4242, gs(n, size, None))];
+                assert_eq!(spilled(&one), 0, "{n} g's of {size} bytes in a row");
+            }
+            let scattered = [(4242, gs(slots / 2, size, Some(7)))];
+            let s = spilled(&scattered);
+            assert!(
+                s * 50 < slots / 2,
+                "{s} of {} scattered g's spilled",
+                slots / 2
+            );
+            // 50 processes of 1000 goroutines each (76 % of the slots), all
+            // at the same heap addresses (every Go process's heap starts at
+            // 0xc000000000), pids spread or in a row: the per-process
+            // offsets keep spills under 10 %.
+            for pids in [
+                (0..50).map(|i| 1000 + 37 * i).collect::<Vec<u32>>(),
+                (100..150).collect(),
+            ] {
+                let procs: Vec<(u32, Vec<u64>)> = pids
+                    .iter()
+                    .map(|&p| (p, gs(1000, size, Some(p as u64))))
+                    .collect();
+                let s = spilled(&procs);
+                assert!(s * 10 < 50_000, "{s} of 50000 spilled ({size}-byte g's)");
+            }
         }
     }
 }

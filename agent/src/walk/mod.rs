@@ -53,6 +53,8 @@ impl Error {
 /// One goroutine alive at the walk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveG {
+    /// Address of its runtime.g (the key of aggregate mode's live table).
+    pub g: u64,
     pub goid: u64,
     /// PC after the `go` statement (the creator's call to newproc).
     pub gopc: u64,
@@ -115,7 +117,7 @@ pub fn walk(pid: u32, bias: u64, w: &Walk, mut each: impl FnMut(&[LiveG])) -> Re
         mem.read(ptr + done * 8, bytemuck_u64(&mut ptrs[..n]))?;
         let read = mem.gather(&ptrs[..n], lo, span, &mut gbuf)?;
         out.clear();
-        for (i, _) in ptrs[..n].iter().enumerate() {
+        for (i, &gp) in ptrs[..n].iter().enumerate() {
             if !read[i] {
                 stats.unreadable += 1;
                 continue;
@@ -140,6 +142,7 @@ pub fn walk(pid: u32, bias: u64, w: &Walk, mut each: impl FnMut(&[LiveG])) -> Re
                 continue;
             }
             out.push(LiveG {
+                g: gp,
                 goid,
                 gopc,
                 startpc: at(g, l.probes.startpc),
@@ -324,8 +327,13 @@ mod tests {
         let (s, live) = walk_own(&[&main, &dead, &parked]).unwrap();
         assert!(!s.starting);
         assert_eq!(
-            live.iter().map(|g| (g.goid, g.gopc)).collect::<Vec<_>>(),
-            [(1, 0x1000), (5, 0x3000)]
+            live.iter()
+                .map(|g| (g.g, g.goid, g.gopc))
+                .collect::<Vec<_>>(),
+            [
+                (main.as_ptr() as u64, 1, 0x1000),
+                (parked.as_ptr() as u64, 5, 0x3000)
+            ]
         );
     }
 }
