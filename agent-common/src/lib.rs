@@ -194,12 +194,15 @@ pub mod counter {
     pub const EXIT_SENT: u32 = 1;
     /// Events dropped because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 2;
-    /// Creation events sent without a stack because the stack map was full.
+    /// Creations without a stack: the stack map was full, or (aggregate
+    /// mode) a preempted probe on the same CPU held the scratch space the
+    /// walk needs, so the goroutine was counted without it.
     pub const STACK_FAILED: u32 = 3;
     /// Events dropped because reading the runtime.g failed.
     pub const READ_G_FAILED: u32 = 4;
-    /// Events dropped because a preempted probe on the same CPU held the
-    /// per-CPU scratch space (possible on fully preemptible kernels).
+    /// Creation events dropped because a preempted probe on the same CPU
+    /// held the per-CPU scratch space (possible on fully preemptible
+    /// kernels; exits and aggregate-mode creations do without it).
     pub const SCRATCH_BUSY: u32 = 5;
     /// Process exec/exit events dropped because their ring buffer was full.
     pub const PROC_RINGBUF_FULL: u32 = 6;

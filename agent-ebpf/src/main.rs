@@ -229,7 +229,9 @@ fn offsets(ctx: &ProbeContext) -> Option<&'static GOffsets> {
     BINARIES.get(cookie as u32)
 }
 
-/// Claims this CPU's scratch space; `release` it before returning.
+/// Claims this CPU's scratch space; `release` it before returning. `None`
+/// while a preempted probe on this CPU holds it: the caller does without
+/// or counts what it drops.
 #[inline(always)]
 fn claim() -> Option<&'static mut Scratch> {
     let p = SCRATCH.get_ptr_mut(0)?;
@@ -237,7 +239,6 @@ fn claim() -> Option<&'static mut Scratch> {
     // this CPU touches it, so plain (volatile) accesses suffice.
     unsafe {
         if core::ptr::read_volatile(&(*p).busy) != 0 {
-            count(counter::SCRATCH_BUSY);
             return None;
         }
         core::ptr::write_volatile(&mut (*p).busy, 1);
@@ -284,22 +285,33 @@ fn send<T: Copy + 'static>(ev: &T, sent_counter: u32, events: &mut u64) {
 
 #[uprobe]
 pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
-    if let Some(off) = offsets(&ctx)
-        && let Some(sc) = claim()
-        && !stop_after(1)
-    {
-        newproc1_event(&ctx, off, sc);
-        release(sc);
+    let Some(off) = offsets(&ctx) else {
+        return 0;
+    };
+    let aggregate = unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0;
+    match claim() {
+        Some(_) if stop_after(1) => {}
+        Some(sc) => {
+            if aggregate {
+                newproc1_count(&ctx, off, Some(&mut *sc));
+            } else {
+                newproc1_event(&ctx, off, sc);
+            }
+            release(sc);
+        }
+        // The kernel can count the goroutine without the scratch space,
+        // only not walk its stack.
+        None if aggregate => {
+            count(counter::STACK_FAILED);
+            newproc1_count(&ctx, off, None);
+        }
+        None => count(counter::SCRATCH_BUSY),
     }
     0
 }
 
 fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     let g = unsafe { (*ctx.regs).rax };
-    if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
-        newproc1_count(ctx, off, sc, g);
-        return;
-    }
     // One read for all four fields; user space checked the window fits.
     let len = off.window_len as usize;
     if len == 0 || len > G_WINDOW || !read_user(sc.g.as_mut_ptr(), len, g + off.window_start as u64)
@@ -347,7 +359,8 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
 /// startpc), and enters the goroutine in the live table under its g's
 /// address (`LiveSlot::g`), so the goid is not needed.
 #[inline(always)]
-fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch, g: u64) {
+fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, mut sc: Option<&mut Scratch>) {
+    let g = unsafe { (*ctx.regs).rax };
     let lo = off.gopc.min(off.startpc);
     // GOffsets::new checked the span fits SITE_WINDOW.
     let len = (off.gopc.max(off.startpc) - lo + 8) as usize;
@@ -371,10 +384,11 @@ fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch, g: u64) 
     let (gopc, startpc) = (field(off.gopc), field(off.startpc));
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
-    let stack = if depth > 0 {
-        creation_stack(ctx, sc, pid, depth, off.flags & SITE_CREATE_IN_BODY != 0)
-    } else {
-        NO_STACK
+    let stack = match sc.as_deref_mut() {
+        Some(sc) if depth > 0 => {
+            creation_stack(ctx, sc, pid, depth, off.flags & SITE_CREATE_IN_BODY != 0)
+        }
+        _ => NO_STACK,
     };
     if stop_after(5) {
         return;
@@ -403,8 +417,11 @@ fn add(p: *mut u64, v: u64) {
 /// Aggregate mode, creation: one more goroutine at `key`'s site, entered
 /// in the live table under its g with its creation time.
 #[inline(always)]
-fn count_create(key: &SiteKey, g: u64, sc: &mut Scratch) {
-    let slot = cached_site_slot(key, sc);
+fn count_create(key: &SiteKey, g: u64, sc: Option<&mut Scratch>) {
+    let slot = match sc {
+        Some(sc) => cached_site_slot(key, sc),
+        None => site_slot(key),
+    };
     if stop_after(6) {
         return;
     }
@@ -822,14 +839,19 @@ fn goexit1_hit(ctx: &ProbeContext) -> u32 {
     let Some(off) = offsets(ctx) else {
         return 0;
     };
-    if let Some(sc) = claim() {
-        goexit1_event(ctx, off, sc);
-        release(sc);
+    match claim() {
+        Some(sc) => {
+            goexit1_event(ctx, off, &mut sc.events);
+            release(sc);
+        }
+        // An exit needs the scratch space only to pace wakeups: sent
+        // anyway (a lost exit would leave its goroutine live for good).
+        None => goexit1_event(ctx, off, &mut 1),
     }
     0
 }
 
-fn goexit1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
+fn goexit1_event(ctx: &ProbeContext, off: &GOffsets, events: &mut u64) {
     let g = unsafe { (*ctx.regs).r14 };
     let Ok(goid) = (unsafe { bpf_probe_read_user((g + off.goid) as *const u64) }) else {
         count(counter::READ_G_FAILED);
@@ -842,7 +864,7 @@ fn goexit1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         goid,
     };
-    send(&ev, counter::EXIT_SENT, &mut sc.events);
+    send(&ev, counter::EXIT_SENT, events);
 }
 
 /// Process starts and exits for node mode's discovery. Raw tracepoints
