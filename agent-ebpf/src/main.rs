@@ -290,7 +290,7 @@ pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
     };
     let aggregate = unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0;
     match claim() {
-        Some(_) if stop_after(1) => {}
+        Some(sc) if stop_after(1) => release(sc),
         Some(sc) => {
             if aggregate {
                 newproc1_count(&ctx, off, Some(&mut *sc));
