@@ -822,7 +822,7 @@ pub fn goexit1_entry(ctx: ProbeContext) -> u32 {
 /// own goid there. Least recently used first out: a repeat is missed only
 /// if this many other exits came between.
 #[map]
-static EXIT_SEEN: LruHashMap<LiveKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static EXIT_SEEN: LruHashMap<LiveKey, u64> = LruHashMap::with_max_entries(4096, 0);
 
 #[inline(always)]
 fn goexit1_hit(ctx: &ProbeContext) -> u32 {
