@@ -19,14 +19,28 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const BEFORE: u64 = 50;
 
 fn agent(bin: &std::path::Path, level: &str, port: u16) -> Proc {
+    agent_with(bin, &["--level", level], port)
+}
+
+fn agent_with(bin: &std::path::Path, args: &[&str], port: u16) -> Proc {
     Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
             .arg("--path")
             .arg(bin)
-            .args(["--level", level, "--metrics", &port.to_string()])
+            .args(args)
+            .args(["--metrics", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
+}
+
+/// Waits until the agent on `port` has its two probes attached.
+fn attached(port: u16) -> Option<()> {
+    wait_for(Duration::from_secs(15), || {
+        (http_get(port, "/metrics").ok()?.1)
+            .contains("gmon_agent_uprobes_attached 2")
+            .then_some(())
+    })
 }
 
 fn view(port: u16, query: &str) -> Option<View> {
@@ -185,12 +199,7 @@ fn goroutines_beyond_the_live_array_spill_and_count_exactly() {
     let bin = fixture("spawner");
     let port = free_port();
     let mut a = agent(&bin, "WARN", port);
-    wait_for(Duration::from_secs(15), || {
-        (http_get(port, "/metrics").ok()?.1)
-            .contains("gmon_agent_uprobes_attached 2")
-            .then_some(())
-    })
-    .expect("agent attached");
+    attached(port).expect("agent attached");
     let mut sp =
         Proc::spawn(piped(&bin).args(["-rounds=1".to_owned(), format!("-before={parked}")]));
     let mut lines = sp.stdout_lines();
@@ -392,21 +401,16 @@ fn an_exit_that_morestack_repeats_counts_once() {
         for level in ["INFO", "WARN"] {
             let what = format!("{sites} sites at {level}");
             let port = free_port();
-            let mut a = Proc::spawn(
-                Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
-                    .arg("--path")
-                    .arg(&bin)
-                    .args(["--level", level, "--stack-depth", "0"])
-                    .args(["--probe-sites", sites, "--metrics", &port.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            );
-            wait_for(Duration::from_secs(15), || {
-                (http_get(port, "/metrics").ok()?.1)
-                    .contains("gmon_agent_uprobes_attached 2")
-                    .then_some(())
-            })
-            .unwrap_or_else(|| panic!("{what}: agent not attached"));
+            let args = [
+                "--level",
+                level,
+                "--stack-depth",
+                "0",
+                "--probe-sites",
+                sites,
+            ];
+            let mut a = agent_with(&bin, &args, port);
+            attached(port).unwrap_or_else(|| panic!("{what}: agent not attached"));
             let mut churn = Proc::spawn(
                 piped(&bin)
                     .args([format!("-n={N}"), format!("-rounds={ROUNDS}")])
