@@ -778,7 +778,7 @@ pub fn goexit1(ctx: ProbeContext) -> u32 {
     if flags & (FLAGS_CF | FLAGS_ZF) != 0 {
         return 0;
     }
-    goexit1_hit(&ctx)
+    goexit1_hit(&ctx, None)
 }
 
 /// Exit at goexit1's first instruction (the single-stepped site, where
@@ -814,7 +814,7 @@ pub fn goexit1_entry(ctx: ProbeContext) -> u32 {
     }
     // Full, the least recently counted exit makes room.
     let _ = EXIT_SEEN.insert(key, goid, BPF_ANY as u64);
-    goexit1_hit(&ctx)
+    goexit1_hit(&ctx, Some((pid, goid)))
 }
 
 /// The goid of the last exit `goexit1_entry` counted on each g (of each
@@ -824,43 +824,53 @@ pub fn goexit1_entry(ctx: ProbeContext) -> u32 {
 #[map]
 static EXIT_SEEN: LruHashMap<LiveKey, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// The exit counted once: `known` is the pid and goid when the site's
+/// program already read them (`goexit1_entry`).
 #[inline(always)]
-fn goexit1_hit(ctx: &ProbeContext) -> u32 {
+fn goexit1_hit(ctx: &ProbeContext, known: Option<(u32, u64)>) -> u32 {
+    let g = unsafe { (*ctx.regs).r14 };
+    let pid = || match known {
+        Some((pid, _)) => pid,
+        None => (bpf_get_current_pid_tgid() >> 32) as u32,
+    };
     if unsafe { core::ptr::read_volatile(&AGGREGATE) } != 0 {
         if exit_stop_after(1) {
             return 0;
         }
         // No scratch space and no offsets needed: the live table is the
         // only state, keyed by the exiting g, which R14 holds.
-        let g = unsafe { (*ctx.regs).r14 };
-        count_exit((bpf_get_current_pid_tgid() >> 32) as u32, g);
+        count_exit(pid(), g);
         return 0;
     }
-    let Some(off) = offsets(ctx) else {
-        return 0;
+    let goid = match known {
+        Some((_, goid)) => goid,
+        None => {
+            let Some(off) = offsets(ctx) else {
+                return 0;
+            };
+            let Ok(goid) = (unsafe { bpf_probe_read_user((g + off.goid) as *const u64) }) else {
+                count(counter::READ_G_FAILED);
+                return 0;
+            };
+            goid
+        }
     };
     match claim() {
         Some(sc) => {
-            goexit1_event(ctx, off, &mut sc.events);
+            goexit1_event(pid(), goid, &mut sc.events);
             release(sc);
         }
         // An exit needs the scratch space only to pace wakeups: sent
         // anyway (a lost exit would leave its goroutine live for good).
-        None => goexit1_event(ctx, off, &mut 1),
+        None => goexit1_event(pid(), goid, &mut 1),
     }
     0
 }
 
-fn goexit1_event(ctx: &ProbeContext, off: &GOffsets, events: &mut u64) {
-    let g = unsafe { (*ctx.regs).r14 };
-    let Ok(goid) = (unsafe { bpf_probe_read_user((g + off.goid) as *const u64) }) else {
-        count(counter::READ_G_FAILED);
-        return;
-    };
-    let pid_tgid = bpf_get_current_pid_tgid();
+fn goexit1_event(pid: u32, goid: u64, events: &mut u64) {
     let ev = GoroutineExit {
         kind: EVENT_EXIT,
-        pid: (pid_tgid >> 32) as u32,
+        pid,
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         goid,
     };
