@@ -79,6 +79,13 @@ static CREATE_STOP_AFTER: u32 = 0;
 #[unsafe(no_mangle)]
 static EXIT_STOP_AFTER: u32 = 0;
 
+/// For tests only: nonzero makes every claim of the scratch space fail,
+/// as while a preempted probe on the same CPU holds it (fully preemptible
+/// kernels), so that path runs on any kernel. 0 in the agent; the
+/// verifier drops the check.
+#[unsafe(no_mangle)]
+static SCRATCH_ALWAYS_BUSY: u32 = 0;
+
 #[inline(always)]
 fn stop_at(limit: &u32, step: u32) -> bool {
     let s = unsafe { core::ptr::read_volatile(limit) };
@@ -234,6 +241,9 @@ fn offsets(ctx: &ProbeContext) -> Option<&'static GOffsets> {
 /// or counts what it drops.
 #[inline(always)]
 fn claim() -> Option<&'static mut Scratch> {
+    if unsafe { core::ptr::read_volatile(&SCRATCH_ALWAYS_BUSY) } != 0 {
+        return None;
+    }
     let p = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot; `busy` keeps preempting probes out, and only
     // this CPU touches it, so plain (volatile) accesses suffice.

@@ -27,7 +27,7 @@ use gmon_agent::{
     export::prometheus::GMON_BUCKETS,
     gobin::GoBinary,
     pipeline::lifetime_bounds,
-    probes::{Probes, SiteClass, SitePolicy},
+    probes::{Probes, SiteClass, SitePolicy, TestHooks},
 };
 use std::{
     process::{Command, Stdio},
@@ -313,7 +313,12 @@ fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
     let bounds = lifetime_bounds(&[&GMON_BUCKETS]).unwrap();
     let per_hit = |(c, t): (f64, f64)| if c > 0.0 { t / c } else { f64::NAN };
     let run_at = |depth: usize, stops: (u32, u32)| {
-        let (mut probes, _maps) = Probes::load_ladder(depth, Some(&bounds), stops).unwrap();
+        let hooks = TestHooks {
+            create_stop_after: stops.0,
+            exit_stop_after: stops.1,
+            ..TestHooks::default()
+        };
+        let (mut probes, _maps) = Probes::load_with(depth, Some(&bounds), hooks).unwrap();
         let att = probes.attach(bin, None).unwrap();
         churn(n, rounds);
         let r = (

@@ -16,10 +16,15 @@ use crate::{
     gobin::{self, GoBinary},
     k8s::{self, KubeSettings, SharedIndex, WatchStats},
     pipeline::{Kube, Pipeline, Target, lifetime_bounds},
-    probes::{self, Probes},
+    probes::{self, Probes, TestHooks},
     serve::Servers,
 };
 use std::{io::BufWriter, num::NonZeroU32, sync::Arc};
+
+/// Set (to anything) only by tests: the probes act as if a preempted probe
+/// always held their scratch space, a path only fully preemptible kernels
+/// take on their own.
+pub const SCRATCH_BUSY_ENV: &str = "GMON_AGENT_TEST_SCRATCH_BUSY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -117,9 +122,18 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
         false => None,
     };
     raise_memlock_limit();
+    let hooks = TestHooks {
+        scratch_busy: std::env::var_os(SCRATCH_BUSY_ENV).is_some(),
+        ..TestHooks::default()
+    };
+    if hooks.scratch_busy {
+        tracing::warn!(
+            "{SCRATCH_BUSY_ENV} is set: the probes act as if their scratch space were always busy (for tests; creations lose their stacks or events)"
+        );
+    }
     let (mut probes, maps) = {
         let _span = tracing::debug_span!("load").entered();
-        Probes::load(depth, aggregate.as_ref())?
+        Probes::load_with(depth, aggregate.as_ref(), hooks)?
     };
     probes.watch_processes()?;
     probes.set_site_policy(cli.probe_sites);

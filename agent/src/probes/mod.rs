@@ -147,6 +147,22 @@ pub fn require_capabilities(node_mode: bool) -> Result<(), Error> {
     caps::check(node_mode).map_err(Error::MissingCapability)
 }
 
+/// Changes to what the programs do, for tests and the overhead
+/// benchmark only; the default (the agent's) changes nothing, and the
+/// verifier removes the checks (they are load-time constants).
+#[doc(hidden)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TestHooks {
+    /// Aggregate mode's creation (exit) program returns at its step
+    /// numbered this or more (0: runs every step): the cost ladder.
+    pub create_stop_after: u32,
+    pub exit_stop_after: u32,
+    /// Every claim of the per-CPU scratch space fails, as while a
+    /// preempted probe on the same CPU holds it (fully preemptible
+    /// kernels only), so that path can be tested on any kernel.
+    pub scratch_busy: bool,
+}
+
 impl Probes {
     /// Loads the programs. The kernel collects up to `stack_depth` frames
     /// of each creating user stack (0: none; capped at `MAX_STACK_DEPTH`).
@@ -156,16 +172,16 @@ impl Probes {
         stack_depth: usize,
         aggregate: Option<&LifetimeBounds>,
     ) -> Result<(Self, Maps), Error> {
-        Self::load_ladder(stack_depth, aggregate, (0, 0))
+        Self::load_with(stack_depth, aggregate, TestHooks::default())
     }
 
-    /// `load`, with aggregate mode's programs stopping after a step
-    /// (creation, exit; 0 = all): the overhead benchmark's cost ladder.
+    /// `load`, with the programs changed as `hooks` asks (tests and the
+    /// overhead benchmark's cost ladder only).
     #[doc(hidden)]
-    pub fn load_ladder(
+    pub fn load_with(
         stack_depth: usize,
         aggregate: Option<&LifetimeBounds>,
-        (create_stop, exit_stop): (u32, u32),
+        hooks: TestHooks,
     ) -> Result<(Self, Maps), Error> {
         let depth = stack_depth.min(MAX_STACK_DEPTH) as u32;
         let agg = aggregate.is_some() as u32;
@@ -188,8 +204,9 @@ impl Probes {
         let mut ebpf = loader
             .override_global("STACK_DEPTH", &depth, true)
             .override_global("AGGREGATE", &agg, true)
-            .override_global("CREATE_STOP_AFTER", &create_stop, true)
-            .override_global("EXIT_STOP_AFTER", &exit_stop, true)
+            .override_global("CREATE_STOP_AFTER", &hooks.create_stop_after, true)
+            .override_global("EXIT_STOP_AFTER", &hooks.exit_stop_after, true)
+            .override_global("SCRATCH_ALWAYS_BUSY", &(hooks.scratch_busy as u32), true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_eperm(&e) {
