@@ -486,6 +486,13 @@ fn main() {
     println!(
         "ratios (targets: aggregate <= 0.10 x old floor and <= 1.3 x new floor; gmon lines + stacks <= 0.15 x old floor)"
     );
+    // Empty programs at the new sites already spend this much of the
+    // aggregate target's room (0.10 x old floor): the rest is the agent's.
+    println!(
+        "  new floor (empty programs)   / old floor {:6.3}, / untraced  {:6.3}",
+        nf / f,
+        nf / u
+    );
     for ((name, _), g) in modes.iter().zip(&agent_us) {
         println!(
             "  {name:28} / old floor {:6.3}, / new floor {:6.3}",
