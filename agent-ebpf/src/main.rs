@@ -26,7 +26,9 @@
 //! crosses: the programs count per creation site (`SITE_*`), keep the live
 //! goroutines with their creation time (`LIVE`, keyed by the address of
 //! their runtime.g, so the exit program reads no memory) and bucket lifetimes at
-//! exit, and user space reads the totals when it exports.
+//! exit, and user space reads the totals when it exports. With
+//! `CREATION_EVENTS` (gmon's creation log lines, `--level INFO`) the
+//! aggregate creation program also sends each creation; exits stay here.
 #![no_std]
 #![no_main]
 // The bpf target has no compare-and-swap, so core's atomics lack
@@ -66,6 +68,12 @@ static STACK_DEPTH: u32 = 0;
 /// space like `STACK_DEPTH`).
 #[unsafe(no_mangle)]
 static AGGREGATE: u32 = 0;
+
+/// Nonzero (with `AGGREGATE`): the creation program also sends each
+/// creation as an event, for gmon's creation log lines; exits stay in the
+/// kernel (set by user space like `STACK_DEPTH`).
+#[unsafe(no_mangle)]
+static CREATION_EVENTS: u32 = 0;
 
 /// For the overhead benchmark's cost ladder only: nonzero N makes the
 /// aggregate-mode creation (exit) program return at its first step
@@ -313,6 +321,10 @@ pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
         // only not walk its stack.
         None if aggregate => {
             count(counter::STACK_FAILED);
+            if unsafe { core::ptr::read_volatile(&CREATION_EVENTS) } != 0 {
+                // Its log line is lost (the event needs the scratch space).
+                count(counter::SCRATCH_BUSY);
+            }
             newproc1_count(&ctx, off, None);
         }
         None => count(counter::SCRATCH_BUSY),
@@ -320,17 +332,15 @@ pub fn newproc1_ret(ctx: ProbeContext) -> u32 {
     0
 }
 
-fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
-    let g = unsafe { (*ctx.regs).rax };
-    // One read for all four fields; user space checked the window fits.
+/// The new g's goid, parent goid, gopc and startpc, with one read of the
+/// window that holds all four (user space checked it fits).
+#[inline(always)]
+fn read_g_fields(off: &GOffsets, sc: &mut Scratch, g: u64) -> Option<(u64, u64, u64, u64)> {
     let len = off.window_len as usize;
     if len == 0 || len > G_WINDOW || !read_user(sc.g.as_mut_ptr(), len, g + off.window_start as u64)
     {
         count(counter::READ_G_FAILED);
-        return;
-    }
-    if stop_after(2) {
-        return;
+        return None;
     }
     let field = |at: u64| -> u64 {
         // Offsets are 8-aligned and inside the window (GOffsets::new); the
@@ -338,12 +348,22 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
         let i = (at.wrapping_sub(off.window_start as u64) as usize) & (G_WINDOW - 8);
         unsafe { *(sc.g.as_ptr().add(i) as *const u64) }
     };
-    let (goid, parent_goid, gopc, startpc) = (
+    Some((
         field(off.goid),
         field(off.parent_goid),
         field(off.gopc),
         field(off.startpc),
-    );
+    ))
+}
+
+fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
+    let g = unsafe { (*ctx.regs).rax };
+    let Some((goid, parent_goid, gopc, startpc)) = read_g_fields(off, sc, g) else {
+        return;
+    };
+    if stop_after(2) {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
     let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
@@ -367,31 +387,31 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
 
 /// Aggregate mode, creation: reads just the site's two fields (gopc and
 /// startpc), and enters the goroutine in the live table under its g's
-/// address (`LiveSlot::g`), so the goid is not needed.
+/// address (`LiveSlot::g`), so the goid is not needed. With
+/// `CREATION_EVENTS`, it reads the goids too and also sends the creation
+/// (for its log line).
 #[inline(always)]
 fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, mut sc: Option<&mut Scratch>) {
     let g = unsafe { (*ctx.regs).rax };
-    let lo = off.gopc.min(off.startpc);
-    // GOffsets::new checked the span fits SITE_WINDOW.
-    let len = (off.gopc.max(off.startpc) - lo + 8) as usize;
-    // Into the BPF stack, not the per-CPU scratch: the kernel's hardened
-    // usercopy check costs less for a stack destination. Not zeroed first:
-    // the helper writes every byte of `len` (or fails), and only those are
-    // read.
-    let mut buf = core::mem::MaybeUninit::<[u64; SITE_WINDOW / 8]>::uninit();
-    if len > SITE_WINDOW || !read_user(buf.as_mut_ptr().cast(), len, g + lo) {
-        count(counter::READ_G_FAILED);
-        return;
-    }
+    let events = unsafe { core::ptr::read_volatile(&CREATION_EVENTS) } != 0;
+    let (gopc, startpc, ids) = match sc.as_deref_mut() {
+        Some(sc) if events => {
+            let Some((goid, parent_goid, gopc, startpc)) = read_g_fields(off, sc, g) else {
+                return;
+            };
+            (gopc, startpc, Some((goid, parent_goid)))
+        }
+        _ => {
+            let Some((gopc, startpc)) = read_site(off, g) else {
+                count(counter::READ_G_FAILED);
+                return;
+            };
+            (gopc, startpc, None)
+        }
+    };
     if stop_after(2) {
         return;
     }
-    let field = |at: u64| -> u64 {
-        let i = (at.wrapping_sub(lo) as usize / 8) & (SITE_WINDOW / 8 - 1);
-        // SAFETY: `at` is gopc or startpc, inside the `len` bytes read.
-        unsafe { (*buf.as_ptr())[i] }
-    };
-    let (gopc, startpc) = (field(off.gopc), field(off.startpc));
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
     let stack = match sc.as_deref_mut() {
@@ -410,7 +430,42 @@ fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, mut sc: Option<&mut Scratc
         startpc,
         stack,
     };
-    count_create(&key, g, sc);
+    let now = count_create(&key, g, sc.as_deref_mut());
+    if let (Some((goid, parent_goid)), Some(sc)) = (ids, sc) {
+        let ev = GoroutineEvent {
+            kind: EVENT_CREATE,
+            pid,
+            ktime_ns: now,
+            stack,
+            goid,
+            parent_goid,
+            gopc,
+            startpc,
+        };
+        send(&ev, counter::CREATE_SENT, &mut sc.events);
+    }
+}
+
+/// The new g's gopc and startpc, read into the BPF stack, not the per-CPU
+/// scratch: the kernel's hardened usercopy check costs less for a stack
+/// destination.
+#[inline(always)]
+fn read_site(off: &GOffsets, g: u64) -> Option<(u64, u64)> {
+    let lo = off.gopc.min(off.startpc);
+    // GOffsets::new checked the span fits SITE_WINDOW.
+    let len = (off.gopc.max(off.startpc) - lo + 8) as usize;
+    // Not zeroed first: the helper writes every byte of `len` (or fails),
+    // and only those are read.
+    let mut buf = core::mem::MaybeUninit::<[u64; SITE_WINDOW / 8]>::uninit();
+    if len > SITE_WINDOW || !read_user(buf.as_mut_ptr().cast(), len, g + lo) {
+        return None;
+    }
+    let field = |at: u64| -> u64 {
+        let i = (at.wrapping_sub(lo) as usize / 8) & (SITE_WINDOW / 8 - 1);
+        // SAFETY: `at` is gopc or startpc, inside the `len` bytes read.
+        unsafe { (*buf.as_ptr())[i] }
+    };
+    Some((field(off.gopc), field(off.startpc)))
 }
 
 /// Adds 1 to `*p` atomically: other CPUs add to the same site.
@@ -425,24 +480,27 @@ fn add(p: *mut u64, v: u64) {
 }
 
 /// Aggregate mode, creation: one more goroutine at `key`'s site, entered
-/// in the live table under its g with its creation time.
+/// in the live table under its g with its creation time, which it returns
+/// (0 if the cost ladder stopped it first).
 #[inline(always)]
-fn count_create(key: &SiteKey, g: u64, sc: Option<&mut Scratch>) {
+fn count_create(key: &SiteKey, g: u64, sc: Option<&mut Scratch>) -> u64 {
     let slot = match sc {
         Some(sc) => cached_site_slot(key, sc),
         None => site_slot(key),
     };
     if stop_after(6) {
-        return;
+        return 0;
     }
     if let Some(c) = SITE_TOTALS.get_ptr_mut(slot) {
         add(c, 1);
     }
     if stop_after(7) {
-        return;
+        return 0;
     }
-    enter_live(key.pid, g, slot, unsafe { bpf_ktime_get_ns() });
+    let now = unsafe { bpf_ktime_get_ns() };
+    enter_live(key.pid, g, slot, now);
     count(counter::CREATE_COUNTED);
+    now
 }
 
 /// Compare-and-swap of the u64 at `p` from `old` to `new`; true if done.

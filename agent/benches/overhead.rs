@@ -318,7 +318,7 @@ fn ladder(bin: &GoBinary, n: u32, rounds: u32) {
             exit_stop_after: stops.1,
             ..TestHooks::default()
         };
-        let (mut probes, _maps) = Probes::load_with(depth, Some(&bounds), hooks).unwrap();
+        let (mut probes, _maps) = Probes::load_with(depth, Some(&bounds), false, hooks).unwrap();
         let att = probes.attach(bin, None).unwrap();
         churn(n, rounds);
         let r = (

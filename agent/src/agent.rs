@@ -112,9 +112,10 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
         }
     };
 
-    // Without per-goroutine output (no creation or exit log lines), the
-    // kernel counts per site and nothing per goroutine crosses over.
-    let aggregate = match cli.level > Level::Info {
+    // Without exit log lines (DEBUG), the kernel counts per site and
+    // exits never cross over; creations do only for their log lines (INFO).
+    let creation_events = cli.level == Level::Info;
+    let aggregate = match cli.level > Level::Debug {
         true => {
             let otlp_bounds = otlp.as_ref().map(Otlp::lifetime_bounds).unwrap_or_default();
             Some(lifetime_bounds(&[&prom::GMON_BUCKETS, &otlp_bounds]).map_err(Error::Bounds)?)
@@ -133,7 +134,7 @@ pub fn run(cli: Cli, config: Config) -> Result<(), Error> {
     }
     let (mut probes, maps) = {
         let _span = tracing::debug_span!("load").entered();
-        Probes::load_with(depth, aggregate.as_ref(), hooks)?
+        Probes::load_with(depth, aggregate.as_ref(), creation_events, hooks)?
     };
     probes.watch_processes()?;
     probes.set_site_policy(cli.probe_sites);

@@ -194,6 +194,11 @@ impl<W: Write> GmonLog<W> {
         }
     }
 
+    /// Whether creations get a line (INFO and DEBUG).
+    pub fn logs_creations(&self) -> bool {
+        self.level <= Level::Info
+    }
+
     /// Write errors since the last call (for the exported counter).
     pub fn take_write_errors(&mut self) -> u64 {
         std::mem::take(&mut self.write_errors)

@@ -474,21 +474,49 @@ impl Tracker {
         i
     }
 
-    fn on_create(
+    /// Aggregate mode with creation log lines: the kernel counts every
+    /// goroutine and keeps exits to itself; a creation is only shown to
+    /// `sink` (the log), not entered in the live table or counted here.
+    pub fn on_creation_line(
         &mut self,
         ev: &GoroutineEvent,
         stacks: &mut dyn StackSource,
         sink: &mut dyn Sink,
     ) {
+        if ev.kind != EVENT_CREATE {
+            return;
+        }
+        let site = self.creation_site(ev, stacks);
+        let g = Live {
+            parent_goid: ev.parent_goid,
+            created_ns: ev.ktime_ns,
+            site,
+        };
+        let p = self.procs.get(&ev.pid).expect("inserted above");
+        sink.created(&p.goroutine(ev.pid, ev.goid, g));
+    }
+
+    /// The index of a creation's site in its process (most creations
+    /// repeat the last one).
+    fn creation_site(&mut self, ev: &GoroutineEvent, stacks: &mut dyn StackSource) -> u32 {
         let key = (ev.stack, ev.gopc, ev.startpc);
-        let site = match self.last {
+        match self.last {
             Some((pid, k, i)) if pid == ev.pid && k == key => i,
             _ => {
                 let i = self.site_index(ev.pid, key, stacks);
                 self.last = Some((ev.pid, key, i));
                 i
             }
-        };
+        }
+    }
+
+    fn on_create(
+        &mut self,
+        ev: &GoroutineEvent,
+        stacks: &mut dyn StackSource,
+        sink: &mut dyn Sink,
+    ) {
+        let site = self.creation_site(ev, stacks);
         let g = Live {
             parent_goid: ev.parent_goid,
             created_ns: ev.ktime_ns,

@@ -109,6 +109,23 @@ struct ProcEntry {
     labels: Arc<ProcLabels>,
 }
 
+/// Hands a goroutine event to its binary's tracker: all of it, or with
+/// `lines_only` (aggregate mode, where the kernel counts and sends only
+/// creations) just to the log.
+fn deliver(
+    tracker: &mut Tracker,
+    ev: &GoroutineEvent,
+    stacks: &mut probes::KernelStacks,
+    sinks: &mut Sinks,
+    lines_only: bool,
+) {
+    if lines_only {
+        tracker.on_creation_line(ev, stacks, &mut sinks.log);
+    } else {
+        tracker.on_event(ev, stacks, sinks);
+    }
+}
+
 /// Where the trackers' results go: every update to each sink in turn
 /// (no allocation per event: the hot path goes through here).
 struct Sinks {
@@ -327,9 +344,12 @@ impl Pipeline {
                 // once a lot is pending: drain on a timer. Aggregate mode
                 // has none, so sleep until housekeeping (20 wakeups a second
                 // fewer) unless a process starts or exits, or a stop comes.
+                // (At INFO the kernel sends creations for their lines.)
                 let timeout = match self.agg {
-                    Some(_) => HOUSEKEEPING_INTERVAL.saturating_sub(last_housekeeping.elapsed()),
-                    None => DRAIN_INTERVAL,
+                    Some(_) if !self.sinks.log.logs_creations() => {
+                        HOUSEKEEPING_INTERVAL.saturating_sub(last_housekeeping.elapsed())
+                    }
+                    _ => DRAIN_INTERVAL,
                 };
                 wait_any(&wake_fds, timeout);
             }
@@ -423,8 +443,13 @@ impl Pipeline {
                 *last = Some((ev.pid, id));
                 id
             }
+            // In aggregate mode the kernel's counts of these processes are
+            // dropped (and counted) by `collect`; their creation lines only
+            // go with them.
             Placed::Ignored => {
-                self.metrics.discovery.ignored_process_events.inc();
+                if self.agg.is_none() {
+                    self.metrics.discovery.ignored_process_events.inc();
+                }
                 return;
             }
             Placed::Unknown => {
@@ -432,10 +457,11 @@ impl Pipeline {
                 return;
             }
         };
+        let lines_only = self.agg.is_some();
         if let Some((hot, b)) = &mut self.hot
             && *hot == id
         {
-            b.tracker.on_event(ev, stacks, &mut self.sinks);
+            deliver(&mut b.tracker, ev, stacks, &mut self.sinks, lines_only);
             return;
         }
         self.cool();
@@ -445,12 +471,12 @@ impl Pipeline {
         if prev == Some(id)
             && let Some(mut b) = self.bins.remove(&id)
         {
-            b.tracker.on_event(ev, stacks, &mut self.sinks);
+            deliver(&mut b.tracker, ev, stacks, &mut self.sinks, lines_only);
             self.hot = Some((id, b));
             return;
         }
         match self.bins.get_mut(&id) {
-            Some(b) => b.tracker.on_event(ev, stacks, &mut self.sinks),
+            Some(b) => deliver(&mut b.tracker, ev, stacks, &mut self.sinks, lines_only),
             None => self.metrics.discovery.unknown_process_events.inc(),
         }
     }

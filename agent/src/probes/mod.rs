@@ -172,28 +172,31 @@ impl Probes {
         stack_depth: usize,
         aggregate: Option<&LifetimeBounds>,
     ) -> Result<(Self, Maps), Error> {
-        Self::load_with(stack_depth, aggregate, TestHooks::default())
+        Self::load_with(stack_depth, aggregate, false, TestHooks::default())
     }
 
-    /// `load`, with the programs changed as `hooks` asks (tests and the
-    /// overhead benchmark's cost ladder only).
-    #[doc(hidden)]
+    /// `load`; in aggregate mode with `creation_events`, each creation is
+    /// also sent as an event (for gmon's creation log lines) while exits
+    /// stay in the kernel. `hooks` change the programs for tests and the
+    /// overhead benchmark's cost ladder only.
     pub fn load_with(
         stack_depth: usize,
         aggregate: Option<&LifetimeBounds>,
+        creation_events: bool,
         hooks: TestHooks,
     ) -> Result<(Self, Maps), Error> {
         let depth = stack_depth.min(MAX_STACK_DEPTH) as u32;
         let agg = aggregate.is_some() as u32;
+        let creations = (aggregate.is_some() && creation_events) as u32;
         let mut loader = EbpfLoader::new();
         // A ring per CPU up to EVENT_RINGS; the others (and, in aggregate
-        // mode, all: no goroutine events) get one page instead of
+        // mode without creation events, all) get one page instead of
         // RINGBUF_BYTES, which user space would map (twice) and carry in
         // its resident memory.
         // Possible CPUs are numbered 0..n (what per-CPU maps assume too).
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, e)| Error::Load(format!("number of CPUs ({path}): {e}")))?;
-        let used_rings = if aggregate.is_some() {
+        let used_rings = if aggregate.is_some() && creations == 0 {
             0
         } else {
             cpus.min(EVENT_RINGS as usize)
@@ -204,6 +207,7 @@ impl Probes {
         let mut ebpf = loader
             .override_global("STACK_DEPTH", &depth, true)
             .override_global("AGGREGATE", &agg, true)
+            .override_global("CREATION_EVENTS", &creations, true)
             .override_global("CREATE_STOP_AFTER", &hooks.create_stop_after, true)
             .override_global("EXIT_STOP_AFTER", &hooks.exit_stop_after, true)
             .override_global("SCRATCH_ALWAYS_BUSY", &(hooks.scratch_busy as u32), true)
