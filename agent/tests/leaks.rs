@@ -3,7 +3,8 @@
 //! goroutines reach user space), their exits match, and a leaking site is
 //! told apart from a healthy one by /goroutines and `gmon-agent top`. What
 //! would make the counts wrong is checked too: one exit hitting the exit
-//! site twice, and the probes' scratch space found busy.
+//! site twice, and the probes' scratch space found busy. At INFO, gmon's
+//! default, each creation gets exactly one log line while the kernel counts.
 
 use e2e::{Proc, fixture, free_port, http_get, piped, require_root, wait_for};
 use gmon_agent::export::view::{Row, View};
@@ -69,8 +70,9 @@ fn goroutines_alive_at_attach_are_counted_once_in_every_shape_and_both_modes() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for name in e2e::SPAWNER_SHAPES {
-        // INFO: an event per goroutine; WARN: the kernel counts per site.
-        for level in ["INFO", "WARN"] {
+        // DEBUG: an event per creation and exit; WARN: the kernel counts
+        // per site (as at INFO, which only adds creation events for lines).
+        for level in ["DEBUG", "WARN"] {
             let what = format!("{name} at {level}");
             let bin = fixture(name);
             let mut sp = Proc::spawn(
@@ -400,7 +402,8 @@ fn an_exit_that_morestack_repeats_counts_once() {
     const ROUNDS: u64 = 3;
     let bin = fixture("churn");
     for sites in ["auto", "ret"] {
-        for level in ["INFO", "WARN"] {
+        // Events (DEBUG) and counted in the kernel (WARN; INFO counts alike).
+        for level in ["DEBUG", "WARN"] {
             let what = format!("{sites} sites at {level}");
             let port = free_port();
             let args = [
@@ -572,4 +575,78 @@ fn a_busy_scratch_space_loses_only_what_it_counts() {
         drop(stdin);
         a.terminate(Duration::from_secs(10)).expect("agent exits");
     }
+}
+
+#[test]
+fn info_logs_each_creation_once_while_the_kernel_counts() {
+    if !require_root("info_logs_each_creation_once") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // gmon's default level: a line per creation (sent by the kernel, which
+    // counts every goroutine itself), none per exit.
+    const N: u64 = 50_000;
+    const ROUNDS: u64 = 2;
+    const ALL: u64 = N * ROUNDS;
+    let bin = fixture("churn");
+    let port = free_port();
+    // Into a file, as a user redirects it (a slow pipe would hold the agent
+    // back and its rings would overflow, counted).
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut a = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_gmon-agent"))
+            .arg("--path")
+            .arg(&bin)
+            .args(["--metrics", &port.to_string()])
+            .stdout(log.reopen().unwrap())
+            .stderr(Stdio::null()),
+    );
+    attached(port).expect("agent not attached");
+    let mut churn = Proc::spawn(piped(&bin).args([
+        format!("-n={N}"),
+        format!("-rounds={ROUNDS}"),
+        "-wait".into(),
+    ]));
+    let mut lines = churn.stdout_lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("ready"));
+    let mut stdin = churn.stdin();
+    writeln!(stdin).unwrap();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("goroutines=")),
+        "churn did not finish"
+    );
+    let row = wait_for(Duration::from_secs(10), || {
+        site(&view(port, "")?, "main.main.gowrap1")
+            .filter(|r| r.exited >= ALL)
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("exits not counted: {:?}", view(port, "")));
+    assert_eq!((row.created, row.exited, row.live), (ALL, ALL, 0));
+    assert_eq!(metric(port, "gmon_agent_events_lost_total"), 0.0);
+    assert_eq!(metric(port, "gmon_agent_untracked_exits_total"), 0.0);
+    // Exits stay in the kernel.
+    assert_eq!(
+        metric_at(port, "gmon_agent_kernel_events_sent_total", "kind=\"exit\""),
+        0.0
+    );
+    drop(stdin);
+    a.terminate(Duration::from_secs(10)).expect("agent exits");
+    // The runtime's own goroutines (a few) have lines too.
+    let (mut ids, mut created, mut exits) = (std::collections::HashSet::new(), 0u64, 0u64);
+    for l in std::fs::read_to_string(log.path()).unwrap().lines() {
+        if l.contains("msg=\"goroutine is exited\"") {
+            exits += 1;
+        } else if l.contains("msg=\"goroutine is created\"") {
+            created += 1;
+            let id = l.split(' ').find_map(|kv| kv.strip_prefix("goroutine_id="));
+            ids.insert(id.expect("goroutine_id").to_owned());
+        }
+    }
+    let ids = ids.len() as u64;
+    assert_eq!(ids, created, "a goroutine logged twice");
+    assert!((ALL..ALL + 100).contains(&created), "{created} lines");
+    assert_eq!(exits, 0);
 }

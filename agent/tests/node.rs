@@ -24,8 +24,9 @@ fn node_agent(extra: &[&str]) -> NodeAgent {
     node_agent_at("WARN", extra)
 }
 
-/// `node_agent` at a log level: above INFO the kernel aggregates (no event
-/// per goroutine); at INFO every goroutine is an event.
+/// `node_agent` at a log level: above DEBUG the kernel counts per site (at
+/// INFO it also sends each creation, for its log line); at DEBUG every
+/// creation and exit is an event.
 fn node_agent_at(level: &str, extra: &[&str]) -> NodeAgent {
     NodeAgent::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_gmon-agent")),
@@ -125,8 +126,10 @@ fn churn_of_200_processes_leaves_nothing_behind() {
         return;
     }
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // Both ways goroutines reach user space: counted in the kernel, and
-    // one event each.
+    // Every way goroutines reach user space: one event per creation and
+    // exit (DEBUG), counted in the kernel with an event per creation for
+    // its log line (INFO), and only counted in the kernel (WARN).
+    churn("DEBUG", "gmon_agent_events_received_total{kind=\"create\"}");
     churn("INFO", "gmon_agent_events_received_total{kind=\"create\"}");
     churn(
         "WARN",
@@ -162,7 +165,7 @@ fn churn(level: &str, created: &str) {
         idle.then_some(())
     });
     assert!(settled.is_some(), "state left after churn");
-    if level != "INFO" {
+    if level != "DEBUG" {
         // The kernel's live table lost the goroutines of every process
         // gone (read at housekeeping, once a second).
         let emptied = wait_for(Duration::from_secs(5), || {
@@ -367,7 +370,9 @@ fn goroutines_alive_in_a_container_before_the_agent_are_counted() {
     let mut out = c.proc.stdout_lines();
     assert!(out.next().unwrap().unwrap().starts_with("ready"));
     let pid = e2e::docker::host_pid(&c.id);
-    for level in ["WARN", "INFO"] {
+    // Counted in the kernel (WARN), then one event each (DEBUG), which
+    // releases them.
+    for level in ["WARN", "DEBUG"] {
         let agent = node_agent_at(level, &["--include", "/app"]);
         let row = |start: &str| -> Option<serde_json::Value> {
             let (_, body) =
@@ -389,7 +394,7 @@ fn goroutines_alive_in_a_container_before_the_agent_are_counted() {
             1.0
         );
         assert_eq!(agent.metric("gmon_agent_untracked_exits_total"), 0.0);
-        if level == "INFO" {
+        if level == "DEBUG" {
             // Released: every exit matches a goroutine found at attach.
             let mut stdin = c.proc.stdin();
             writeln!(stdin).unwrap();
