@@ -372,10 +372,25 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     } else {
         NO_STACK
     };
+    let now = unsafe { bpf_ktime_get_ns() };
+    send_create(pid, now, stack, (goid, parent_goid, gopc, startpc), sc);
+}
+
+/// Sends a creation: `fields` are the new g's goid, parent goid, gopc and
+/// startpc, as `read_g_fields` returns them.
+#[inline(always)]
+fn send_create(
+    pid: u32,
+    ktime_ns: u64,
+    stack: u64,
+    fields: (u64, u64, u64, u64),
+    sc: &mut Scratch,
+) {
+    let (goid, parent_goid, gopc, startpc) = fields;
     let ev = GoroutineEvent {
         kind: EVENT_CREATE,
         pid,
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns,
         stack,
         goid,
         parent_goid,
@@ -432,17 +447,7 @@ fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, mut sc: Option<&mut Scratc
     };
     let now = count_create(&key, g, sc.as_deref_mut());
     if let (Some((goid, parent_goid)), Some(sc)) = (ids, sc) {
-        let ev = GoroutineEvent {
-            kind: EVENT_CREATE,
-            pid,
-            ktime_ns: now,
-            stack,
-            goid,
-            parent_goid,
-            gopc,
-            startpc,
-        };
-        send(&ev, counter::CREATE_SENT, &mut sc.events);
+        send_create(pid, now, stack, (goid, parent_goid, gopc, startpc), sc);
     }
 }
 

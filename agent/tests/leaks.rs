@@ -10,7 +10,7 @@ use e2e::{Proc, fixture, free_port, http_get, piped, require_root, wait_for};
 use gmon_agent::export::view::{Row, View};
 use std::{
     io::Write,
-    process::{Command, Stdio},
+    process::{ChildStdin, Command, Stdio},
     sync::Mutex,
     time::Duration,
 };
@@ -416,33 +416,18 @@ fn an_exit_that_morestack_repeats_counts_once() {
             ];
             let mut a = agent_with(&bin, &args, port);
             attached(port).unwrap_or_else(|| panic!("{what}: agent not attached"));
-            let mut churn = Proc::spawn(
+            let (_churn, stdin, text) = run_churn(
                 piped(&bin)
                     .args([format!("-n={N}"), format!("-rounds={ROUNDS}")])
                     .args(["-gc", "-wait"])
                     .env("GOMAXPROCS", "2"),
+                &what,
             );
-            let mut lines = churn.stdout_lines();
-            assert!(lines.next().unwrap().unwrap().starts_with("ready"));
-            let mut stdin = churn.stdin();
-            writeln!(stdin).unwrap();
-            let text: Vec<String> = lines
-                .by_ref()
-                .map_while(Result::ok)
-                .take_while(|l| !l.starts_with("goroutines="))
-                .collect();
             assert!(
                 text.iter().any(|l| l.starts_with("gcs=")),
                 "{what}: {text:?}"
             );
-            let row = wait_for(Duration::from_secs(10), || {
-                let v = view(port, "")?;
-                // `go nothing(&wg)`: an argument, so a wrapper starts it.
-                site(&v, "main.main.gowrap1")
-                    .filter(|r| r.exited >= N * ROUNDS)
-                    .cloned()
-            })
-            .unwrap_or_else(|| panic!("{what}: exits not counted: {:?}", view(port, "")));
+            let row = churned_site(port, N * ROUNDS, &what);
             assert_eq!(
                 (row.created, row.exited, row.live),
                 (N * ROUNDS, N * ROUNDS, 0),
@@ -466,6 +451,36 @@ fn metric_at(port: u16, name: &str, label: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(&series)?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Starts the churn fixture (`cmd`, with `-wait`), lets it run and returns
+/// it with its stdin still open (closing it ends the fixture) and the lines
+/// it printed before its result line.
+fn run_churn(cmd: &mut Command, what: &str) -> (Proc, ChildStdin, Vec<String>) {
+    let mut churn = Proc::spawn(cmd);
+    let mut lines = churn.stdout_lines();
+    assert!(lines.next().unwrap().unwrap().starts_with("ready"));
+    let mut stdin = churn.stdin();
+    writeln!(stdin).unwrap();
+    let mut text = Vec::new();
+    for l in lines.by_ref().map_while(Result::ok) {
+        if l.starts_with("goroutines=") {
+            return (churn, stdin, text);
+        }
+        text.push(l);
+    }
+    panic!("{what}: churn did not finish: {text:?}");
+}
+
+/// The churn fixture's site (`go nothing(&wg)`: an argument, so a wrapper
+/// starts it) once `all` exits are counted there.
+fn churned_site(port: u16, all: u64, what: &str) -> Row {
+    wait_for(Duration::from_secs(10), || {
+        site(&view(port, "")?, "main.main.gowrap1")
+            .filter(|r| r.exited >= all)
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("{what}: exits not counted: {:?}", view(port, "")))
 }
 
 #[test]
@@ -498,7 +513,7 @@ fn a_busy_scratch_space_loses_only_what_it_counts() {
                 .stderr(Stdio::null()),
         );
         attached(port).unwrap_or_else(|| panic!("{level}: agent not attached"));
-        let mut churn = Proc::spawn(
+        let (_churn, stdin, _) = run_churn(
             piped(&bin)
                 .args([
                     format!("-n={N}"),
@@ -506,17 +521,7 @@ fn a_busy_scratch_space_loses_only_what_it_counts() {
                     "-wait".into(),
                 ])
                 .env("GOMAXPROCS", "2"),
-        );
-        let mut lines = churn.stdout_lines();
-        assert!(lines.next().unwrap().unwrap().starts_with("ready"));
-        let mut stdin = churn.stdin();
-        writeln!(stdin).unwrap();
-        assert!(
-            lines
-                .by_ref()
-                .map_while(Result::ok)
-                .any(|l| l.starts_with("goroutines=")),
-            "{level}: churn did not finish"
+            level,
         );
         let lost = |reason: &str| {
             metric_at(
@@ -528,12 +533,7 @@ fn a_busy_scratch_space_loses_only_what_it_counts() {
         let stacks_failed =
             || metric_at(port, "gmon_agent_stack_failures_total", "reason=\"kernel\"");
         if level != "DEBUG" {
-            let row = wait_for(Duration::from_secs(10), || {
-                site(&view(port, "")?, "main.main.gowrap1")
-                    .filter(|r| r.exited >= ALL)
-                    .cloned()
-            })
-            .unwrap_or_else(|| panic!("{level}: exits not counted: {:?}", view(port, "")));
+            let row = churned_site(port, ALL, level);
             assert_eq!(
                 (row.created, row.exited, row.live),
                 (ALL, ALL, 0),
@@ -602,28 +602,15 @@ fn info_logs_each_creation_once_while_the_kernel_counts() {
             .stderr(Stdio::null()),
     );
     attached(port).expect("agent not attached");
-    let mut churn = Proc::spawn(piped(&bin).args([
-        format!("-n={N}"),
-        format!("-rounds={ROUNDS}"),
-        "-wait".into(),
-    ]));
-    let mut lines = churn.stdout_lines();
-    assert!(lines.next().unwrap().unwrap().starts_with("ready"));
-    let mut stdin = churn.stdin();
-    writeln!(stdin).unwrap();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.starts_with("goroutines=")),
-        "churn did not finish"
+    let (_churn, stdin, _) = run_churn(
+        piped(&bin).args([
+            format!("-n={N}"),
+            format!("-rounds={ROUNDS}"),
+            "-wait".into(),
+        ]),
+        "INFO",
     );
-    let row = wait_for(Duration::from_secs(10), || {
-        site(&view(port, "")?, "main.main.gowrap1")
-            .filter(|r| r.exited >= ALL)
-            .cloned()
-    })
-    .unwrap_or_else(|| panic!("exits not counted: {:?}", view(port, "")));
+    let row = churned_site(port, ALL, "INFO");
     assert_eq!((row.created, row.exited, row.live), (ALL, ALL, 0));
     assert_eq!(metric(port, "gmon_agent_events_lost_total"), 0.0);
     assert_eq!(metric(port, "gmon_agent_untracked_exits_total"), 0.0);

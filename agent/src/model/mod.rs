@@ -483,31 +483,37 @@ impl Tracker {
         stacks: &mut dyn StackSource,
         sink: &mut dyn Sink,
     ) {
-        if ev.kind != EVENT_CREATE {
-            return;
+        if ev.kind == EVENT_CREATE {
+            self.show_created(ev, stacks, sink);
         }
-        let site = self.creation_site(ev, stacks);
-        let g = Live {
-            parent_goid: ev.parent_goid,
-            created_ns: ev.ktime_ns,
-            site,
-        };
-        let p = self.procs.get(&ev.pid).expect("inserted above");
-        sink.created(&p.goroutine(ev.pid, ev.goid, g));
     }
 
-    /// The index of a creation's site in its process (most creations
-    /// repeat the last one).
-    fn creation_site(&mut self, ev: &GoroutineEvent, stacks: &mut dyn StackSource) -> u32 {
+    /// Finds a creation's site (most creations repeat the last one) and
+    /// hands the goroutine to `sink`; returns it and its process, for the
+    /// live table.
+    fn show_created(
+        &mut self,
+        ev: &GoroutineEvent,
+        stacks: &mut dyn StackSource,
+        sink: &mut dyn Sink,
+    ) -> (Live, &mut Proc) {
         let key = (ev.stack, ev.gopc, ev.startpc);
-        match self.last {
+        let site = match self.last {
             Some((pid, k, i)) if pid == ev.pid && k == key => i,
             _ => {
                 let i = self.site_index(ev.pid, key, stacks);
                 self.last = Some((ev.pid, key, i));
                 i
             }
-        }
+        };
+        let g = Live {
+            parent_goid: ev.parent_goid,
+            created_ns: ev.ktime_ns,
+            site,
+        };
+        let p = self.procs.get_mut(&ev.pid).expect("inserted by site_index");
+        sink.created(&p.goroutine(ev.pid, ev.goid, g));
+        (g, p)
     }
 
     fn on_create(
@@ -516,18 +522,12 @@ impl Tracker {
         stacks: &mut dyn StackSource,
         sink: &mut dyn Sink,
     ) {
-        let site = self.creation_site(ev, stacks);
-        let g = Live {
-            parent_goid: ev.parent_goid,
-            created_ns: ev.ktime_ns,
-            site,
-        };
-        let p = self.procs.get_mut(&ev.pid).expect("inserted above");
-        sink.created(&p.goroutine(ev.pid, ev.goid, g));
+        let (g, p) = self.show_created(ev, stacks, sink);
         if let Some(w) = &mut p.pending {
             w.created.insert(ev.goid);
         }
-        if p.live.insert(ev.goid, g).is_some() {
+        let duplicate = p.live.insert(ev.goid, g).is_some();
+        if duplicate {
             self.stats.duplicate_creates += 1;
         }
     }
