@@ -421,6 +421,7 @@ fn an_exit_that_morestack_repeats_counts_once() {
                     .args([format!("-n={N}"), format!("-rounds={ROUNDS}")])
                     .args(["-gc", "-wait"])
                     .env("GOMAXPROCS", "2"),
+                port,
                 &what,
             );
             assert!(
@@ -453,13 +454,20 @@ fn metric_at(port: u16, name: &str, label: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Starts the churn fixture (`cmd`, with `-wait`), lets it run and returns
-/// it with its stdin still open (closing it ends the fixture) and the lines
-/// it printed before its result line.
-fn run_churn(cmd: &mut Command, what: &str) -> (Proc, ChildStdin, Vec<String>) {
+/// Starts the churn fixture (`cmd`, with `-wait`) under the agent on
+/// `port`, lets it run and returns it with its stdin still open (closing it
+/// ends the fixture) and the lines it printed before its result line.
+fn run_churn(cmd: &mut Command, port: u16, what: &str) -> (Proc, ChildStdin, Vec<String>) {
     let mut churn = Proc::spawn(cmd);
     let mut lines = churn.stdout_lines();
     assert!(lines.next().unwrap().unwrap().starts_with("ready"));
+    // Started only once the agent has read the process's goroutines: a
+    // walk that ran meanwhile would find some of the churn's goroutines
+    // alive and track their exits (8 of 40000 in one run).
+    wait_for(Duration::from_secs(10), || {
+        (metric(port, "gmon_agent_attach_walks_total") >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{what}: the churn's goroutines were not read"));
     let mut stdin = churn.stdin();
     writeln!(stdin).unwrap();
     let mut text = Vec::new();
@@ -521,6 +529,7 @@ fn a_busy_scratch_space_loses_only_what_it_counts() {
                     "-wait".into(),
                 ])
                 .env("GOMAXPROCS", "2"),
+            port,
             level,
         );
         let lost = |reason: &str| {
@@ -608,6 +617,7 @@ fn info_logs_each_creation_once_while_the_kernel_counts() {
             format!("-rounds={ROUNDS}"),
             "-wait".into(),
         ]),
+        port,
         "INFO",
     );
     let row = churned_site(port, ALL, "INFO");
