@@ -185,6 +185,49 @@ impl GOffsets {
     }
 }
 
+/// The operations the `calib` program repeats for the overhead
+/// benchmark's helper costs (its `CALIB_OP`).
+pub mod calib {
+    /// Times the operation runs per probe hit.
+    pub const REPS: u32 = 16;
+    /// The same loop with nothing in it: the baseline.
+    pub const NONE: u32 = 0;
+    pub const KTIME: u32 = 1;
+    pub const PID_TGID: u32 = 2;
+    pub const COOKIE: u32 = 3;
+    /// bpf_probe_read_user of 16 bytes into the BPF stack.
+    pub const READ_USER_16: u32 = 4;
+    /// bpf_probe_read_user of a stack window (1 KiB) into the scratch.
+    pub const READ_USER_WINDOW: u32 = 5;
+    pub const PERCPU_LOOKUP: u32 = 6;
+    pub const ATOMIC_ADD: u32 = 7;
+    pub const CMPXCHG: u32 = 8;
+    /// A hash map lookup that misses (`SITE_IDS`).
+    pub const HASH_LOOKUP: u32 = 9;
+    /// A ring buffer reserve and discard.
+    pub const RINGBUF: u32 = 10;
+
+    /// Each operation with what the benchmark prints for it.
+    pub const ALL: [(u32, &str); 10] = [
+        (KTIME, "bpf_ktime_get_ns"),
+        (PID_TGID, "bpf_get_current_pid_tgid"),
+        (COOKIE, "bpf_get_attach_cookie"),
+        (
+            READ_USER_16,
+            "bpf_probe_read_user, 16 bytes to the BPF stack",
+        ),
+        (
+            READ_USER_WINDOW,
+            "bpf_probe_read_user, 1 KiB to the per-CPU scratch",
+        ),
+        (PERCPU_LOOKUP, "per-CPU array lookup (inlined)"),
+        (ATOMIC_ADD, "atomic add to an array value"),
+        (CMPXCHG, "compare-and-swap on an array value"),
+        (HASH_LOOKUP, "hash map lookup, missing key"),
+        (RINGBUF, "ring buffer reserve + discard"),
+    ];
+}
+
 /// Indices of the kernel-side counters in the `COUNTERS` per-CPU array.
 /// Each counts one way an event can be lost or degraded in the kernel.
 pub mod counter {

@@ -80,8 +80,9 @@ static CREATION_EVENTS: u32 = 0;
 /// numbered N or more, so the time each step adds can be measured
 /// (creation: 1 entry, 2 read of the g, 3 first stack window, 4 frame
 /// walk, 5 stack stored, 6 site slot, 7 created count; exit: 1 entry, 2
-/// live slot freed, 3 lifetime bucket). 0 (always, in the agent) runs
-/// every step; the verifier drops the checks (load-time constants).
+/// live slot freed, 3 time read, 4 lifetime bucket). 0 (always, in the
+/// agent) runs every step; the verifier drops the checks (load-time
+/// constants).
 #[unsafe(no_mangle)]
 static CREATE_STOP_AFTER: u32 = 0;
 #[unsafe(no_mangle)]
@@ -656,8 +657,11 @@ fn count_exit(pid: u32, g: u64) {
         return;
     }
     let life = unsafe { bpf_ktime_get_ns() }.saturating_sub(created_ns);
-    let b = bucket(life);
     if exit_stop_after(3) {
+        return;
+    }
+    let b = bucket(life);
+    if exit_stop_after(4) {
         return;
     }
     // Lifetime first: user space reads the buckets once it sees exits grow.
@@ -988,6 +992,82 @@ pub fn proc_exit(_ctx: RawTracePointContext) -> i32 {
 /// the uprobe traps (the benchmark's floor).
 #[uprobe]
 pub fn noop(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// For the overhead benchmark's helper costs only: the operation `calib`
+/// repeats (`agent_common::calib`); set by user space like `STACK_DEPTH`.
+#[unsafe(no_mangle)]
+static CALIB_OP: u32 = 0;
+
+/// Repeats one helper or map operation `calib::REPS` times per hit, so
+/// the benchmark can take its cost per call (against `calib::NONE`, the
+/// same loop empty) out of the noise of a single call. Attached in place
+/// of `noop`; never by the agent.
+#[uprobe]
+pub fn calib(ctx: ProbeContext) -> u32 {
+    use agent_common::calib as op;
+    let which = unsafe { core::ptr::read_volatile(&CALIB_OP) };
+    // Stack memory at the probe: always mapped, and as hot as the g the
+    // creation program reads.
+    let sp = unsafe { (*ctx.regs).rsp };
+    let mut acc = 0u64;
+    for i in 0..op::REPS {
+        acc ^= match which {
+            op::KTIME => unsafe { bpf_ktime_get_ns() },
+            op::PID_TGID => bpf_get_current_pid_tgid(),
+            op::COOKIE => unsafe { bpf_get_attach_cookie(ctx.as_ptr()) },
+            op::READ_USER_16 => {
+                let mut buf = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+                if read_user(buf.as_mut_ptr().cast(), 16, sp) {
+                    unsafe { (*buf.as_ptr())[0] }
+                } else {
+                    0
+                }
+            }
+            op::READ_USER_WINDOW => match SCRATCH.get_ptr_mut(0) {
+                Some(sc) => unsafe {
+                    let w = &raw mut (*sc).window;
+                    read_user(w.cast(), STACK_WINDOW, sp) as u64
+                },
+                None => 0,
+            },
+            op::PERCPU_LOOKUP => COUNTERS.get_ptr_mut(i).map_or(0, |p| unsafe { *p }),
+            op::ATOMIC_ADD => match SITE_TOTALS.get_ptr_mut(OVERFLOW_SITE) {
+                Some(p) => {
+                    add(p, 1);
+                    1
+                }
+                None => 0,
+            },
+            op::CMPXCHG => match SITE_TOTALS.get_ptr_mut(OVERFLOW_SITE) {
+                Some(p) => claim_u64(p, i as u64, i as u64 + 1) as u64,
+                None => 0,
+            },
+            op::HASH_LOOKUP => {
+                let key = SiteKey {
+                    pid: i,
+                    _pad: 0,
+                    gopc: sp,
+                    startpc: 0,
+                    stack: 0,
+                };
+                SITE_IDS.get_ptr(&key).map_or(0, |p| unsafe { *p } as u64)
+            }
+            op::RINGBUF => match ring().reserve::<GoroutineExit>(0) {
+                Some(e) => {
+                    e.discard(BPF_RB_NO_WAKEUP as u64);
+                    1
+                }
+                None => 0,
+            },
+            _ => i as u64,
+        };
+    }
+    // Keeps the work: a result nobody used could be optimised away.
+    if acc == 1 {
+        count(counter::CREATE_SENT);
+    }
     0
 }
 

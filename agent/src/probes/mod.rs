@@ -161,6 +161,9 @@ pub struct TestHooks {
     /// preempted probe on the same CPU holds it (fully preemptible
     /// kernels only), so that path can be tested on any kernel.
     pub scratch_busy: bool,
+    /// What the `calib` program repeats (`agent_common::calib`): the
+    /// benchmark's helper costs.
+    pub calib_op: u32,
 }
 
 impl Probes {
@@ -211,6 +214,7 @@ impl Probes {
             .override_global("CREATE_STOP_AFTER", &hooks.create_stop_after, true)
             .override_global("EXIT_STOP_AFTER", &hooks.exit_stop_after, true)
             .override_global("SCRATCH_ALWAYS_BUSY", &(hooks.scratch_busy as u32), true)
+            .override_global("CALIB_OP", &hooks.calib_op, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_eperm(&e) {
@@ -247,7 +251,14 @@ impl Probes {
             )+};
         }
         load!(RawTracePoint, "proc_exec", "proc_exit");
-        load!(UProbe, "newproc1_ret", "goexit1", "goexit1_entry", "noop");
+        load!(
+            UProbe,
+            "newproc1_ret",
+            "goexit1",
+            "goexit1_entry",
+            "noop",
+            "calib"
+        );
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name)
                 .ok_or_else(|| Error::Map(name, "missing".into()))
@@ -319,7 +330,7 @@ impl Probes {
     /// Attaches both probes to `bin`, for every process running it or only
     /// for `pid`. On failure nothing stays attached.
     pub fn attach(&mut self, bin: &GoBinary, pid: Option<NonZeroU32>) -> Result<Attachment, Error> {
-        self.attach_programs(bin, &bin.path, pid, false)
+        self.attach_programs(bin, &bin.path, pid, None)
     }
 
     /// Like `attach`, for every process, naming the file by `path` (e.g.
@@ -330,13 +341,20 @@ impl Probes {
         bin: &GoBinary,
         path: &std::path::Path,
     ) -> Result<Attachment, Error> {
-        self.attach_programs(bin, path, None, false)
+        self.attach_programs(bin, path, None, None)
     }
 
     /// Attaches an empty program at the sites the policy picks: the bare
     /// trap cost, which the overhead benchmark compares the probes against.
     pub fn attach_noop(&mut self, bin: &GoBinary) -> Result<Attachment, Error> {
-        self.attach_programs(bin, &bin.path, None, true)
+        self.attach_programs(bin, &bin.path, None, Some("noop"))
+    }
+
+    /// Attaches the `calib` program (what it repeats is `TestHooks::calib_op`)
+    /// at the same sites, for the benchmark's helper costs.
+    #[doc(hidden)]
+    pub fn attach_calib(&mut self, bin: &GoBinary) -> Result<Attachment, Error> {
+        self.attach_programs(bin, &bin.path, None, Some("calib"))
     }
 
     /// Removes a binary's uprobes and frees its slot.
@@ -359,7 +377,8 @@ impl Probes {
         bin: &GoBinary,
         path: &std::path::Path,
         pid: Option<NonZeroU32>,
-        noop: bool,
+        // A benchmark program for both sites instead of the agent's.
+        bench: Option<&'static str>,
     ) -> Result<Attachment, Error> {
         let cookie = match self.free_cookies.pop() {
             Some(c) => c,
@@ -387,10 +406,10 @@ impl Probes {
         };
         // goexit1's prologue site and its entry each have their own way of
         // telling the hit that goes on from the one morestack repeats.
-        let (create, exit) = match (noop, class) {
-            (true, _) => ("noop", "noop"),
-            (false, SiteClass::Emulated) => ("newproc1_ret", "goexit1"),
-            (false, SiteClass::SingleStepped) => ("newproc1_ret", "goexit1_entry"),
+        let (create, exit) = match (bench, class) {
+            (Some(p), _) => (p, p),
+            (None, SiteClass::Emulated) => ("newproc1_ret", "goexit1"),
+            (None, SiteClass::SingleStepped) => ("newproc1_ret", "goexit1_entry"),
         };
         let mut att = Attachment {
             cookie,
