@@ -369,7 +369,14 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
     let pid = (pid_tgid >> 32) as u32;
     let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
     let stack = if depth > 0 {
-        creation_stack(ctx, sc, pid, depth, off.flags & SITE_CREATE_IN_BODY != 0)
+        creation_stack(
+            ctx,
+            sc,
+            pid,
+            depth,
+            off.flags & SITE_CREATE_IN_BODY != 0,
+            None,
+        )
     } else {
         NO_STACK
     };
@@ -431,9 +438,14 @@ fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, mut sc: Option<&mut Scratc
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
     let stack = match sc.as_deref_mut() {
-        Some(sc) if depth > 0 => {
-            creation_stack(ctx, sc, pid, depth, off.flags & SITE_CREATE_IN_BODY != 0)
-        }
+        Some(sc) if depth > 0 => creation_stack(
+            ctx,
+            sc,
+            pid,
+            depth,
+            off.flags & SITE_CREATE_IN_BODY != 0,
+            Some((gopc, startpc)),
+        ),
         _ => NO_STACK,
     };
     if stop_after(5) {
@@ -602,13 +614,19 @@ fn leave_live(pid: u32, g: u64) -> Option<(u64, u32)> {
 /// as good as the lookup.
 #[inline(always)]
 fn cached_site_slot(key: &SiteKey, sc: &mut Scratch) -> u32 {
-    let last = sc.last_slot;
-    if last != OVERFLOW_SITE && SITE_KEYS.get(last).is_some_and(|k| *k == *key) {
-        return last;
+    if last_site_is(key, sc) {
+        return sc.last_slot;
     }
     let slot = site_slot(key);
     sc.last_slot = slot;
     slot
+}
+
+/// Whether `key` is this CPU's last site, its slot not freed since.
+#[inline(always)]
+fn last_site_is(key: &SiteKey, sc: &Scratch) -> bool {
+    let last = sc.last_slot;
+    last != OVERFLOW_SITE && SITE_KEYS.get(last).is_some_and(|k| *k == *key)
 }
 
 /// The slot of `key`'s site, taking a free one for a new site; the
@@ -733,7 +751,9 @@ fn load_window(sc: &mut Scratch, addr: u64) -> u64 {
 
 /// Walks the user stack at the creation site in runtime.newproc1 and
 /// returns its key in `STACKS`, storing it there if new; `NO_STACK` if the
-/// map is full.
+/// map is full. With `site` (aggregate mode: its gopc and startpc), a
+/// creation at this CPU's last site with this stack skips the `STACKS`
+/// lookup: a slot's key is published only after its stack was stored.
 ///
 /// At a RET, RIP is the RET itself, the caller's return address is at
 /// [RSP] and RBP already holds the caller's frame pointer. At a site in
@@ -750,6 +770,7 @@ fn creation_stack(
     pid: u32,
     depth: u32,
     in_body: bool,
+    site: Option<(u64, u64)>,
 ) -> u64 {
     // Volatile: LLVM would otherwise pick between the two registers by
     // offsetting the context pointer, which the verifier refuses.
@@ -820,6 +841,18 @@ fn creation_stack(
     let key = fmix64(mix(h, len as u64)) | 1;
     if stop_after(4) {
         return key;
+    }
+    if let Some((gopc, startpc)) = site {
+        let k = SiteKey {
+            pid,
+            _pad: 0,
+            gopc,
+            startpc,
+            stack: key,
+        };
+        if last_site_is(&k, sc) {
+            return key;
+        }
     }
     if STACKS.get_ptr(key).is_some() {
         return key;
