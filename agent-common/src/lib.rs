@@ -206,15 +206,22 @@ pub mod calib {
     pub const HASH_LOOKUP: u32 = 9;
     /// A ring buffer reserve and discard.
     pub const RINGBUF: u32 = 10;
+    /// bpf_probe_read_user of the first stack window (256 bytes) into the
+    /// scratch.
+    pub const READ_USER_FIRST: u32 = 11;
 
     /// Each operation with what the benchmark prints for it.
-    pub const ALL: [(u32, &str); 10] = [
+    pub const ALL: [(u32, &str); 11] = [
         (KTIME, "bpf_ktime_get_ns"),
         (PID_TGID, "bpf_get_current_pid_tgid"),
         (COOKIE, "bpf_get_attach_cookie"),
         (
             READ_USER_16,
             "bpf_probe_read_user, 16 bytes to the BPF stack",
+        ),
+        (
+            READ_USER_FIRST,
+            "bpf_probe_read_user, 256 B to the per-CPU scratch",
         ),
         (
             READ_USER_WINDOW,

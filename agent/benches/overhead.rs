@@ -374,7 +374,10 @@ fn ladder(bin: &GoBinary, n: u32, rounds: u32) -> f64 {
     println!("  creation with stacks (up to {MAX_STACK_DEPTH} frames)");
     let stacked = [
         ("up to the read of runtime.g, as above", 2),
-        ("+ first stack window (1 KiB bpf_probe_read_user)", 3),
+        (
+            "+ first stack window (256 B bpf_probe_read_user, system stack)",
+            3,
+        ),
         ("+ frame walk (more windows where the chain leaves one)", 4),
         ("+ STACKS lookup (insert if new)", 5),
         ("+ the rest, as above (all)", 0),
