@@ -408,6 +408,14 @@ fn breakdown(bin: &GoBinary, n: u32, rounds: u32) -> f64 {
     println!(
         "least possible in-kernel ns per goroutine in aggregate mode here (2 empty programs, 1 read of the g, 2 pid and 2 time reads, no map work): {least:.0} (target <= 250)"
     );
+    let cost = |op| cost_of(&costs, op);
+    // With stacks, a creation also reads the system stack's window and at
+    // least one of the goroutine's stack, and with lines sends an event.
+    let stacked =
+        least + cost(calib::READ_USER_FIRST) + cost(calib::READ_USER_WINDOW) + cost(calib::RINGBUF);
+    println!(
+        "least possible with stacks and creation events (+ 2 stack windows, 1 ring buffer reserve and submit): {stacked:.0} (target <= 600)"
+    );
     least - 2.0 * empty
 }
 
@@ -443,12 +451,17 @@ fn helper_costs(bin: &GoBinary, n: u32) -> Vec<(u32, f64)> {
         .collect()
 }
 
+/// One operation's cost from `helper_costs`.
+fn cost_of(costs: &[(u32, f64)], op: u32) -> f64 {
+    costs.iter().find(|(o, _)| *o == op).map_or(0.0, |c| c.1)
+}
+
 /// The least in-kernel time per goroutine any exact aggregate-mode design
 /// needs here: two programs, one read of the new g (its site), the pid
 /// and a time at both ends (pid: goroutine addresses repeat across
 /// processes; times: lifetimes). No map work at all.
 fn least_possible(empty_ns: f64, costs: &[(u32, f64)]) -> f64 {
-    let cost = |op| costs.iter().find(|(o, _)| *o == op).map_or(0.0, |c| c.1);
+    let cost = |op| cost_of(costs, op);
     2.0 * empty_ns
         + cost(calib::READ_USER_16)
         + 2.0 * cost(calib::KTIME)
