@@ -117,8 +117,9 @@ const STACK_WINDOW: usize = 1024;
 
 /// The first window, at newproc1's frame on the system stack: its frames
 /// up to systemstack's (the walk then moves to the goroutine's stack)
-/// take about 150 bytes in Go 1.23-1.26, and each byte read costs
-/// (0.04 ns here), so it reads less; a chain that leaves it loads more.
+/// take about 150 bytes in Go 1.23-1.26, so it copies no more than that
+/// needs (the gain is within the benchmark's noise here); a chain that
+/// leaves it loads more.
 const FIRST_WINDOW: usize = 256;
 
 /// The reader is woken at most once per this many events per CPU.
