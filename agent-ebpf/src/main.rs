@@ -384,6 +384,7 @@ fn newproc1_event(ctx: &ProbeContext, off: &GOffsets, sc: &mut Scratch) {
             off.flags & SITE_CREATE_IN_BODY != 0,
             None,
         )
+        .0
     } else {
         NO_STACK
     };
@@ -444,7 +445,7 @@ fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, mut sc: Option<&mut Scratc
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let depth = unsafe { core::ptr::read_volatile(&STACK_DEPTH) };
-    let stack = match sc.as_deref_mut() {
+    let (stack, at_last_site) = match sc.as_deref_mut() {
         Some(sc) if depth > 0 => creation_stack(
             ctx,
             sc,
@@ -453,7 +454,7 @@ fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, mut sc: Option<&mut Scratc
             off.flags & SITE_CREATE_IN_BODY != 0,
             Some((gopc, startpc)),
         ),
-        _ => NO_STACK,
+        _ => (NO_STACK, false),
     };
     if stop_after(5) {
         return;
@@ -465,7 +466,7 @@ fn newproc1_count(ctx: &ProbeContext, off: &GOffsets, mut sc: Option<&mut Scratc
         startpc,
         stack,
     };
-    let now = count_create(&key, g, sc.as_deref_mut());
+    let now = count_create(&key, g, sc.as_deref_mut(), at_last_site);
     if let (Some((goid, parent_goid)), Some(sc)) = (ids, sc) {
         send_create(pid, now, stack, (goid, parent_goid, gopc, startpc), sc);
     }
@@ -506,10 +507,12 @@ fn add(p: *mut u64, v: u64) {
 
 /// Aggregate mode, creation: one more goroutine at `key`'s site, entered
 /// in the live table under its g with its creation time, which it returns
-/// (0 if the cost ladder stopped it first).
+/// (0 if the cost ladder stopped it first). `at_last_site`: the stack walk
+/// already found `key` to be this CPU's last site.
 #[inline(always)]
-fn count_create(key: &SiteKey, g: u64, sc: Option<&mut Scratch>) -> u64 {
+fn count_create(key: &SiteKey, g: u64, sc: Option<&mut Scratch>, at_last_site: bool) -> u64 {
     let slot = match sc {
+        Some(sc) if at_last_site => sc.last_slot,
         Some(sc) => cached_site_slot(key, sc),
         None => site_slot(key),
     };
@@ -758,9 +761,10 @@ fn load_window(sc: &mut Scratch, addr: u64, len: usize) -> u64 {
 
 /// Walks the user stack at the creation site in runtime.newproc1 and
 /// returns its key in `STACKS`, storing it there if new; `NO_STACK` if the
-/// map is full. With `site` (aggregate mode: its gopc and startpc), a
-/// creation at this CPU's last site with this stack skips the `STACKS`
-/// lookup: a slot's key is published only after its stack was stored.
+/// map is full; and whether, with `site` (aggregate mode: its gopc and
+/// startpc), the creation is at this CPU's last site with this stack,
+/// which skips the `STACKS` lookup: a slot's key is published only after
+/// its stack was stored.
 ///
 /// At a RET, RIP is the RET itself, the caller's return address is at
 /// [RSP] and RBP already holds the caller's frame pointer. At a site in
@@ -778,7 +782,7 @@ fn creation_stack(
     depth: u32,
     in_body: bool,
     site: Option<(u64, u64)>,
-) -> u64 {
+) -> (u64, bool) {
     // Volatile: LLVM would otherwise pick between the two registers by
     // offsetting the context pointer, which the verifier refuses.
     let (rip, rsp, rbp) = unsafe {
@@ -800,7 +804,7 @@ fn creation_stack(
         0
     };
     if stop_after(3) {
-        return NO_STACK;
+        return (NO_STACK, false);
     }
     let mut fp = rbp;
     if in_body {
@@ -851,7 +855,7 @@ fn creation_stack(
     sc.stack.len = len as u32;
     let key = fmix64(mix(h, len as u64)) | 1;
     if stop_after(4) {
-        return key;
+        return (key, false);
     }
     if let Some((gopc, startpc)) = site {
         let k = SiteKey {
@@ -862,19 +866,19 @@ fn creation_stack(
             stack: key,
         };
         if last_site_is(&k, sc) {
-            return key;
+            return (key, true);
         }
     }
     if STACKS.get_ptr(key).is_some() {
-        return key;
+        return (key, false);
     }
     match STACKS.insert(key, &sc.stack, BPF_NOEXIST as u64) {
-        Ok(()) => key,
+        Ok(()) => (key, false),
         // Another CPU stored the same stack first.
-        Err(EEXIST) => key,
+        Err(EEXIST) => (key, false),
         Err(_) => {
             count(counter::STACK_FAILED);
-            NO_STACK
+            (NO_STACK, false)
         }
     }
 }
